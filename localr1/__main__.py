@@ -1,0 +1,3 @@
+from localr1.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""The user's config.toml, read once into one typed, frozen Settings object.
+
+Every mistake a user can make in the file (bad TOML, unknown key, wrong type, out-of-range
+value) becomes a ConfigError whose message is `file:line:column: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from localr1.errors import ConfigError
+
+# DeepSeek's recommendation for R1 and its distills: temperature 0.6, top_p 0.95, nothing else.
+# top_k and min_p are written out (and disabled) so llama.cpp's generic defaults
+# (top_k 40, min_p 0.05) never slip in.
+R1_TEMPERATURE = 0.6
+R1_TOP_P = 0.95
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = R1_TEMPERATURE
+    top_p: float = R1_TOP_P
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # 0 = off
+    repeat_penalty: float = 1.0  # 1 = off
+    seed: int | None = None  # None = a new random seed per turn
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_model: str | None = None
+    context_size: int = 8192
+    max_tokens: int = 0  # 0 = until the context window is full
+    gpu_layers: int | str = "auto"  # "auto", -1 (all), 0 (CPU) or a layer count
+    threads: int = 0  # 0 = one per physical core (estimated)
+    reasoning_budget: int = -1  # -1 = unlimited
+    chat_format: str | None = None  # None = the template in the GGUF
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_settings(path: Path) -> Settings:
+    """Settings from `path`; defaults when the file does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_format_toml_error(path, exc)) from None
+    return _settings_from_mapping(data, path, text)
+
+
+def _format_toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    # tomllib says "... (at line 3, column 7)"; move the position to the front, compiler style.
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if match:
+        return f"{path}:{match[1]}:{match[2]}: {message[: match.start()]}"
+    match = re.search(r"\s*\(at end of document\)$", message)
+    if match:
+        lines = text_line_count(path)
+        return f"{path}:{lines}:1: {message[: match.start()]} (at end of file)"
+    return f"{path}: {message}"
+
+
+def text_line_count(path: Path) -> int:
+    return max(1, path.read_text(encoding="utf-8", errors="replace").count("\n") + 1)
+
+
+def _settings_from_mapping(data: dict[str, Any], path: Path, text: str) -> Settings:
+    def fail(key: str, section: str | None, problem: str) -> ConfigError:
+        line, column = _locate_key(text, key, section)
+        return ConfigError(f"{path}:{line}:{column}: {problem}")
+
+    sampling_data = data.pop("sampling", {})
+    if not isinstance(sampling_data, dict):
+        raise fail("sampling", None, "'sampling' must be a table ([sampling])")
+    top = _typed_values(Settings, data, None, fail)
+    sampling = _typed_values(SamplingSettings, sampling_data, "sampling", fail)
+    settings = replace(Settings(**top), sampling=SamplingSettings(**sampling))
+    _check_ranges(settings, fail)
+    return settings
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "default_model": (str,),
+    "chat_format": (str,),
+    "context_size": (int,),
+    "max_tokens": (int,),
+    "gpu_layers": (int, str),
+    "threads": (int,),
+    "reasoning_budget": (int,),
+    "temperature": (float, int),
+    "top_p": (float, int),
+    "top_k": (int,),
+    "min_p": (float, int),
+    "repeat_penalty": (float, int),
+    "seed": (int,),
+}
+
+
+def _typed_values(cls: type, data: dict[str, Any], section: str | None, fail) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)} - {"sampling"}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            where = f"[{section}]" if section else "the top level"
+            raise fail(key, section, f"unknown setting '{key}' in {where}; "
+                       f"known: {', '.join(sorted(known))}")
+        expected = _TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            names = " or ".join(t.__name__ for t in expected)
+            raise fail(key, section, f"'{key}' must be {names}, not {type(value).__name__}")
+        values[key] = float(value) if float in expected else value
+    return values
+
+
+def _check_ranges(settings: Settings, fail) -> None:
+    s = settings.sampling
+    checks = [
+        ("context_size", None, settings.context_size >= 64, "must be at least 64"),
+        ("max_tokens", None, settings.max_tokens >= 0, "must be 0 (no limit) or more"),
+        ("threads", None, settings.threads >= 0, "must be 0 (auto) or more"),
+        ("reasoning_budget", None, settings.reasoning_budget >= -1, "must be -1 or more"),
+        ("gpu_layers", None, _valid_gpu_layers(settings.gpu_layers),
+         "must be \"auto\", -1 (all layers), 0 (CPU only) or a layer count"),
+        ("temperature", "sampling", 0.0 <= s.temperature <= 5.0, "must be between 0 and 5"),
+        ("top_p", "sampling", 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
+        ("top_k", "sampling", s.top_k >= 0, "must be 0 (off) or more"),
+        ("min_p", "sampling", 0.0 <= s.min_p < 1.0, "must be in [0, 1)"),
+        ("repeat_penalty", "sampling", s.repeat_penalty > 0, "must be positive"),
+    ]
+    for key, section, ok, problem in checks:
+        if not ok:
+            raise fail(key, section, f"'{key}' {problem}")
+
+
+def _valid_gpu_layers(value: int | str) -> bool:
+    return value == "auto" or (isinstance(value, int) and value >= -1)
+
+
+def parse_gpu_layers(text: str) -> int | str:
+    """The command-line form of gpu_layers: 'auto', 'all', or an integer."""
+    text = text.strip().lower()
+    if text in ("auto", "all"):
+        return -1 if text == "all" else "auto"
+    value = int(text)
+    if value < -1:
+        raise ValueError(text)
+    return value
+
+
+def _locate_key(text: str, key: str, section: str | None) -> tuple[int, int]:
+    """1-based line and column of `key = ...` inside `[section]` (or the top level)."""
+    current: str | None = None
+    fallback = (1, 1)
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"\[\s*([^\]]+?)\s*\]", stripped)
+        if header:
+            current = header[1]
+            if section is None and current == key:
+                return number, line.index("[") + 1
+            continue
+        match = re.match(rf"\s*(?:{re.escape(section)}\.)?{re.escape(key)}\s*=", line) \
+            if section else re.match(rf"\s*{re.escape(key)}\s*=", line)
+        if match and (current == section or (section and current is None)):
+            return number, len(line) - len(line.lstrip()) + 1
+        if match and fallback == (1, 1):
+            fallback = (number, len(line) - len(line.lstrip()) + 1)
+    return fallback
+
+
+def render_settings_toml(settings: Settings) -> str:
+    """The effective settings written back as TOML (what `localr1 config show` prints)."""
+    lines = []
+    top = settings.as_dict()
+    sampling = top.pop("sampling")
+    for key, value in top.items():
+        lines.append(_toml_line(key, value))
+    lines.append("")
+    lines.append("[sampling]")
+    for key, value in sampling.items():
+        lines.append(_toml_line(key, value))
+    return "\n".join(lines) + "\n"
+
+
+def _toml_line(key: str, value: Any) -> str:
+    if value is None:
+        return f"# {key} = (not set)"
+    if isinstance(value, str):
+        return f'{key} = "{value}"'
+    return f"{key} = {value}"

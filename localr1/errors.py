@@ -1,0 +1,29 @@
+"""Errors a user can cause: each carries a one-line message that front ends print as is."""
+
+
+class LocalR1Error(Exception):
+    """Base for errors the CLI prints as one line (exit 1) and the TUI shows as a notification."""
+
+
+class ConfigError(LocalR1Error):
+    """A config or catalog file that cannot be read: the message names file, line and column."""
+
+
+class ModelFileError(LocalR1Error):
+    """A model file that is missing, not a GGUF, truncated, or otherwise unusable."""
+
+
+class ModelLoadError(LocalR1Error):
+    """llama.cpp refused to load a model that looked valid to us."""
+
+
+class InsufficientMemoryError(LocalR1Error):
+    """The model (weights plus KV cache) does not fit in this machine's free memory."""
+
+
+class ChatFormatError(LocalR1Error):
+    """No way to turn messages into a prompt for this model."""
+
+
+class ContextOverflowError(LocalR1Error):
+    """Even the newest user message alone does not fit in the context window."""
