@@ -1,0 +1,193 @@
+"""The `localr1` command line. Thin: every command calls the core and prints.
+
+Imports stay lazy (inside commands) so `localr1 --help` loads neither llama_cpp nor textual.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from localr1 import __version__
+from localr1.errors import LocalR1Error
+
+
+class _Group(click.Group):
+    """Turns our own errors into one line and exit 1 (click's usage errors keep exit 2)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LocalR1Error as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="localr1")
+def cli() -> None:
+    """Local-first chat for DeepSeek-R1 distilled models."""
+
+
+def main() -> None:
+    try:
+        cli(prog_name="localr1")
+    except KeyboardInterrupt:
+        click.echo("\nlocalr1: interrupted", err=True)
+        sys.exit(130)
+
+
+# ---- run -----------------------------------------------------------------------------------
+
+
+def _gpu_layers(_ctx, _param, value: str | None):
+    if value is None:
+        return None
+    from localr1.config import parse_gpu_layers
+
+    try:
+        return parse_gpu_layers(value)
+    except ValueError:
+        raise click.BadParameter("use auto, all, 0 (CPU) or a layer count") from None
+
+
+@cli.command()
+@click.argument("prompt", nargs=-1)
+@click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
+@click.option("-s", "--system", help="System prompt (folded into the first user turn for R1).")
+@click.option("--max-tokens", type=click.IntRange(min=0), help="Most tokens to generate, "
+              "reasoning included (0 = until the context is full).")
+@click.option("--temperature", type=click.FloatRange(0, 5), help="Default 0.6 (DeepSeek's).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Default 0.95.")
+@click.option("--top-k", type=click.IntRange(min=0), help="Default 0 (off).")
+@click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), help="Default 0 (off).")
+@click.option("--seed", type=int, help="Seed for reproducible sampling.")
+@click.option("--ctx", type=click.IntRange(min=64), help="Context window in tokens.")
+@click.option("--gpu-layers", callback=_gpu_layers, help="auto, all, 0 (CPU) or a count.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
+@click.option("--reasoning-budget", type=click.IntRange(min=-1),
+              help="Close the think block after N reasoning tokens (-1 = unlimited).")
+@click.option("--chat-format", help="Prompt format when the GGUF has no (good) template, "
+              "e.g. deepseek-r1, chatml, llama-3.")
+@click.option("--hide-reasoning", is_flag=True, help="Do not print the reasoning.")
+@click.option("--json", "json_output", is_flag=True,
+              help="Print one JSON object: model, reasoning, answer, usage, timings.")
+def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_tokens, temperature,
+        top_p, top_k, min_p, seed, ctx, gpu_layers, threads, reasoning_budget, chat_format,
+        hide_reasoning: bool, json_output: bool) -> None:
+    """Answer PROMPT (and/or text piped on stdin) with a local model.
+
+    The answer streams to stdout and the reasoning to stderr.
+
+    \b
+      localr1 run -m model.gguf "Why is the sky blue?"
+      git diff | localr1 run -m model.gguf "Write a commit message" --hide-reasoning
+    """
+    from localr1.config import load_settings
+    from localr1.engine import Engine, EngineConfig, GenerationParams
+    from localr1.library import resolve_model
+    from localr1.paths import app_paths
+    from localr1.prompting import ChatMessage
+    from localr1.turn_printer import TurnPrinter
+
+    text = _prompt_text(prompt)
+    paths = app_paths()
+    settings = load_settings(paths.config_file)
+    reference = model or settings.default_model
+    if not reference:
+        raise click.UsageError("no model: pass --model NAME|PATH or set default_model in "
+                               f"{paths.config_file}")
+    model_path = resolve_model(reference, paths.models_dir)
+    engine = Engine.load(EngineConfig.from_settings(
+        model_path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
+        chat_format=chat_format))
+    params = GenerationParams.from_settings(
+        settings, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        min_p=min_p, seed=seed, reasoning_budget=reasoning_budget)
+    printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output)
+    with engine:
+        for event in engine.stream_chat([ChatMessage("user", text)], params,
+                                        system_prompt=system):
+            printer.handle(event)
+    if json_output:
+        click.echo(printer.as_json(reference))
+    if not printer.result.answer.strip():
+        stats = printer.result.stats
+        why = "it stopped while still reasoning" if stats and stats.reasoning_truncated \
+            else f"finish reason: {stats.finish_reason if stats else 'unknown'}"
+        raise LocalR1Error(f"the model gave no answer ({why})")
+
+
+def _prompt_text(words: tuple[str, ...]) -> str:
+    """stdin first, then the arguments, like `llm`."""
+    parts = []
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            parts.append(piped.strip())
+    if words:
+        parts.append(" ".join(words))
+    if not parts:
+        raise click.UsageError("no prompt: give it as arguments or pipe it on stdin")
+    return "\n\n".join(parts)
+
+
+# ---- doctor --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "json_output", is_flag=True, help="Print the checks as JSON.")
+def doctor(json_output: bool) -> None:
+    """Check the install: llama.cpp build, GPU offload, memory, paths, config."""
+    import json
+    from dataclasses import asdict
+
+    from localr1.doctor import print_report, run_checks
+    from localr1.paths import app_paths
+
+    checks = run_checks(app_paths())
+    if json_output:
+        click.echo(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        print_report(checks)
+    if any(c.status == "fail" for c in checks):
+        sys.exit(1)
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+@cli.group()
+def config() -> None:
+    """Where the config lives and what it says."""
+
+
+@config.command("path")
+def config_path() -> None:
+    """Print the config file's path."""
+    from localr1.paths import app_paths
+
+    click.echo(app_paths().config_file)
+
+
+@config.command("show")
+@click.option("--json", "json_output", is_flag=True, help="Print settings and paths as JSON.")
+def config_show(json_output: bool) -> None:
+    """Print the effective settings (defaults plus config.toml) and the paths in use."""
+    import json
+
+    from localr1.config import load_settings, render_settings_toml
+    from localr1.paths import app_paths
+
+    paths = app_paths()
+    settings = load_settings(paths.config_file)
+    if json_output:
+        click.echo(json.dumps({"settings": settings.as_dict(), "paths": paths.as_dict()},
+                              indent=2))
+        return
+    exists = "" if paths.config_file.exists() else " (not created; defaults)"
+    click.echo(f"# {paths.config_file}{exists}")
+    click.echo(render_settings_toml(settings), nl=False)
+    click.echo("\n# paths")
+    for name, value in paths.as_dict().items():
+        click.echo(f"# {name} = {value}")

@@ -1,0 +1,158 @@
+"""`localr1 doctor`: what this install can do, what is broken, and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from localr1 import __version__
+from localr1.errors import LocalR1Error
+from localr1.paths import AppPaths
+
+Status = Literal["ok", "warn", "fail"]
+
+REBUILD = 'CMAKE_ARGS="{flag}" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    advice: str | None = None
+
+
+def run_checks(paths: AppPaths) -> list[Check]:
+    checks = [
+        Check("localr1", "ok", f"{__version__} (Python {platform.python_version()}, "
+                               f"{platform.system()} {platform.machine()})"),
+    ]
+    llama = _check_llama_cpp()
+    checks.append(llama)
+    if llama.status != "fail":
+        checks.extend(_check_backend())
+    checks.append(_check_memory())
+    checks.extend(_check_paths(paths))
+    settings_check, default_model = _check_config(paths)
+    checks.append(settings_check)
+    checks.append(_check_default_model(default_model, paths))
+    return checks
+
+
+def _check_llama_cpp() -> Check:
+    try:
+        import llama_cpp
+    except Exception as exc:  # a broken shared library raises OSError, RuntimeError, ...
+        return Check("llama-cpp-python", "fail", f"cannot import: {exc}",
+                     "pip install --force-reinstall llama-cpp-python")
+    return Check("llama-cpp-python", "ok",
+                 f"{llama_cpp.__version__} at {Path(llama_cpp.__file__).parent}")
+
+
+def _check_backend() -> list[Check]:
+    from localr1 import hardware
+    from localr1.sizes import format_bytes
+
+    backend = hardware.backend_info()
+    features = _cpu_features(backend.system_info)
+    checks = [Check("llama.cpp build", "ok", f"backend {backend.name}; CPU features: {features}")]
+    gpu_hardware, flag = _gpu_hardware()
+    if backend.can_offload:
+        free = hardware.gpu_free_bytes(backend)
+        free_text = "unknown free VRAM" if free is None else \
+            f"{format_bytes(free)} free for offload"
+        checks.append(Check("GPU offload", "ok", f"{backend.name}, {free_text}"))
+    elif gpu_hardware:
+        checks.append(Check(
+            "GPU offload", "warn",
+            f"this machine has {gpu_hardware} but this llama-cpp-python build is CPU-only",
+            f"rebuild with GPU support: {REBUILD.format(flag=flag)}"))
+    else:
+        checks.append(Check("GPU offload", "ok", "none (CPU only; no supported GPU found)"))
+    return checks
+
+
+def _cpu_features(system_info: str) -> str:
+    names = ("AVX", "AVX2", "AVX512", "FMA", "F16C", "NEON", "ARM_FMA", "SVE")
+    enabled = [part.split("=")[0].strip() for part in system_info.replace("|", "\n").splitlines()
+               if part.strip().endswith("= 1") and part.split("=")[0].strip() in names]
+    return ", ".join(enabled) or "baseline"
+
+
+def _gpu_hardware() -> tuple[str | None, str]:
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "an Apple Silicon GPU", "-DGGML_METAL=on"
+    if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia").exists():
+        return "an NVIDIA GPU", "-DGGML_CUDA=on"
+    if Path("/dev/kfd").exists():
+        return "an AMD GPU (ROCm)", "-DGGML_HIP=on"
+    if shutil.which("vulkaninfo"):
+        return "a Vulkan GPU", "-DGGML_VULKAN=on"
+    return None, ""
+
+
+def _check_memory() -> Check:
+    from localr1.hardware import default_threads, memory_info
+    from localr1.sizes import format_bytes
+
+    mem = memory_info()
+    return Check("memory", "ok", f"{format_bytes(mem.total_bytes)} RAM, "
+                                 f"{format_bytes(mem.available_bytes)} free; "
+                                 f"{default_threads()} threads")
+
+
+def _check_paths(paths: AppPaths) -> list[Check]:
+    checks = []
+    for label, path in (("config file", paths.config_file), ("models folder", paths.models_dir),
+                        ("database", paths.db_path)):
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        writable = existing is not None and os.access(existing if existing.is_dir()
+                                                      else existing.parent, os.W_OK)
+        state = "exists" if path.exists() else "not created yet"
+        if writable:
+            checks.append(Check(label, "ok", f"{path} ({state})"))
+        else:
+            checks.append(Check(label, "fail", f"{path} is not writable",
+                                "fix the permissions or set LOCALR1_HOME to a writable folder"))
+    return checks
+
+
+def _check_config(paths: AppPaths) -> tuple[Check, str | None]:
+    from localr1.config import load_settings
+
+    try:
+        settings = load_settings(paths.config_file)
+    except LocalR1Error as exc:
+        return Check("config", "fail", str(exc), "fix the file (localr1 config path)"), None
+    source = "defaults" if not paths.config_file.exists() else str(paths.config_file)
+    return Check("config", "ok", f"read from {source}"), settings.default_model
+
+
+def _check_default_model(default_model: str | None, paths: AppPaths) -> Check:
+    if not default_model:
+        return Check("default model", "warn", "none set",
+                     "set default_model in config.toml, or pass --model to run")
+    from localr1.gguf_header import read_gguf_header
+    from localr1.library import resolve_model
+
+    try:
+        header = read_gguf_header(resolve_model(default_model, paths.models_dir))
+    except LocalR1Error as exc:
+        return Check("default model", "fail", str(exc),
+                     "fix default_model in config.toml (localr1 config path)")
+    return Check("default model", "ok",
+                 f"{default_model}: {header.architecture}, {header.file_type or 'unknown quant'}")
+
+
+def print_report(checks: list[Check], stream=sys.stdout) -> None:
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        stream.write(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}\n")
+        if check.advice:
+            stream.write(f"      {'':<{width}}  -> {check.advice}\n")

@@ -1,0 +1,161 @@
+"""What this machine offers a model: RAM, GPU backend and VRAM, threads; and what a model needs.
+
+Memory estimates follow llama.cpp's own accounting closely enough to decide what fits:
+weights (the GGUF's tensor data), the KV cache (f16 K and V for every layer, context slot and
+KV head), and a compute-buffer allowance.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from localr1.gguf_header import GGUFHeader
+
+GIB = 1024**3
+# llama.cpp's compute buffers and scratch: a few hundred MB for the distills at 8k context.
+COMPUTE_OVERHEAD_BYTES = 512 * 1024**2
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    total_bytes: int
+    available_bytes: int
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str  # "CPU", "CUDA", "Metal", "Vulkan", "SYCL", "HIP" ...
+    can_offload: bool
+    system_info: str
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: int
+    kv_cache_bytes: int
+    overhead_bytes: int
+    n_layers: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+
+    def per_layer_bytes(self) -> int:
+        """Weights plus KV cache of one repeating layer (what offloading one layer moves)."""
+        n = max(self.n_layers, 1)
+        return (self.weights_bytes + self.kv_cache_bytes) // n
+
+
+def memory_info() -> MemoryInfo:
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        values = {}
+        for line in meminfo.read_text().splitlines():
+            key, _, rest = line.partition(":")
+            values[key] = int(rest.split()[0]) * 1024
+        available = values.get("MemAvailable", values.get("MemFree", 0))
+        return MemoryInfo(values.get("MemTotal", 0), available)
+    if platform.system() == "Darwin":
+        return _darwin_memory()
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    free_pages = os.sysconf("SC_AVPHYS_PAGES")
+    return MemoryInfo(pages * page_size, free_pages * page_size)
+
+
+def _darwin_memory() -> MemoryInfo:
+    total = int(subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True,
+                               text=True, check=False).stdout.strip() or 0)
+    vm_stat = subprocess.run(["vm_stat"], capture_output=True, text=True, check=False).stdout
+    page_size = int(re.search(r"page size of (\d+)", vm_stat)[1]) if "page size" in vm_stat \
+        else 16384
+    pages = {key.strip(): int(value.strip(" .")) for key, value in
+             re.findall(r"^(Pages [^:]+):\s+(\d+)", vm_stat, re.M)}
+    free = sum(pages.get(k, 0) for k in ("Pages free", "Pages inactive", "Pages speculative",
+                                          "Pages purgeable"))
+    return MemoryInfo(total, free * page_size)
+
+
+@cache
+def backend_info() -> BackendInfo:
+    """The GPU backend this llama-cpp-python build was compiled with (imports llama_cpp)."""
+    import llama_cpp
+
+    system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    can_offload = bool(llama_cpp.llama_supports_gpu_offload())
+    name = "CPU"
+    for marker, backend in (("CUDA", "CUDA"), ("METAL", "Metal"), ("Metal", "Metal"),
+                            ("VULKAN", "Vulkan"), ("Vulkan", "Vulkan"), ("SYCL", "SYCL"),
+                            ("HIP", "HIP"), ("ROCm", "HIP")):
+        if marker in system_info:
+            name = backend
+            break
+    if can_offload and name == "CPU":
+        name = "GPU"
+    return BackendInfo(name, can_offload, system_info.strip())
+
+
+def gpu_free_bytes(backend: BackendInfo) -> int | None:
+    """Free VRAM where we can tell; None when unknown."""
+    if not backend.can_offload:
+        return 0
+    if backend.name == "CUDA" and shutil.which("nvidia-smi"):
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, check=False, timeout=10,
+        )
+        numbers = [int(x) for x in result.stdout.split() if x.isdigit()]
+        if numbers:
+            return max(numbers) * 1024**2  # layers go to one device by default
+    if backend.name == "Metal":
+        # Unified memory: macOS lets the GPU wire about two thirds of RAM by default.
+        return memory_info().total_bytes * 2 // 3
+    return None
+
+
+def estimate_memory(header: GGUFHeader, n_ctx: int) -> MemoryEstimate:
+    n_layers = header.block_count or 1
+    kv_heads = header.head_count_kv or 1
+    key_len = header.key_length or 128
+    value_len = header.value_length or key_len
+    # f16 K and V caches: 2 bytes per element, every layer, every context slot.
+    kv = n_layers * n_ctx * kv_heads * (key_len + value_len) * 2
+    return MemoryEstimate(header.data_size, kv, COMPUTE_OVERHEAD_BYTES, n_layers)
+
+
+def plan_gpu_layers(requested: int | str, estimate: MemoryEstimate, backend: BackendInfo,
+                    free_vram: int | None) -> int:
+    """Resolve gpu_layers ("auto", -1 = all, N) to the number of layers llama.cpp offloads."""
+    total_layers = estimate.n_layers + 1  # llama.cpp counts the output layer too
+    if not backend.can_offload:
+        return 0
+    if requested == "auto":
+        if free_vram is None:
+            return total_layers  # unknown VRAM (e.g. Vulkan): try everything, like Ollama
+        usable = free_vram - estimate.overhead_bytes
+        fit = usable // max(estimate.per_layer_bytes(), 1)
+        return int(max(0, min(total_layers, fit)))
+    if requested == -1:
+        return total_layers
+    return min(int(requested), total_layers)
+
+
+def default_threads() -> int:
+    """One thread per physical core: llama.cpp decoding gains nothing from SMT siblings."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                       topology.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus) // 2) if len(cpus) > 4 else len(cpus)  # no sysfs: guess
+    return max(1, len(cores))
