@@ -136,16 +136,21 @@ def _prompt_text(words: tuple[str, ...]) -> str:
 
 
 @cli.command()
+@click.option("-m", "--model", help="Also load this model and generate a few tokens, to "
+              "confirm where it runs (e.g. how many layers are offloaded to the GPU).")
 @click.option("--json", "json_output", is_flag=True, help="Print the checks as JSON.")
-def doctor(json_output: bool) -> None:
+def doctor(model: str | None, json_output: bool) -> None:
     """Check the install: llama.cpp build, GPU offload, memory, paths, config."""
     import json
     from dataclasses import asdict
 
-    from localr1.doctor import print_report, run_checks
+    from localr1.doctor import check_model_runs, print_report, run_checks
     from localr1.paths import app_paths
 
-    checks = run_checks(app_paths())
+    paths = app_paths()
+    checks = run_checks(paths)
+    if model:
+        checks.append(check_model_runs(model, paths))
     if json_output:
         click.echo(json.dumps([asdict(c) for c in checks], indent=2))
     else:

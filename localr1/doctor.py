@@ -60,7 +60,8 @@ def _check_backend() -> list[Check]:
 
     backend = hardware.backend_info()
     features = _cpu_features(backend.system_info)
-    checks = [Check("llama.cpp build", "ok", f"backend {backend.name}; CPU features: {features}")]
+    checks = [Check("llama.cpp build", "ok", f"{_llama_cpp_version()}; backend {backend.name}; "
+                                             f"CPU features: {features}")]
     gpu_hardware, flag = _gpu_hardware()
     if backend.can_offload:
         free = hardware.gpu_free_bytes(backend)
@@ -75,6 +76,15 @@ def _check_backend() -> list[Check]:
     else:
         checks.append(Check("GPU offload", "ok", "none (CPU only; no supported GPU found)"))
     return checks
+
+
+def _llama_cpp_version() -> str:
+    import llama_cpp
+
+    version_of = getattr(llama_cpp, "llama_version", None)  # newer bindings only
+    if version_of is None:
+        return "llama.cpp (version not reported)"
+    return f"llama.cpp {version_of().decode('utf-8', 'replace')}"
 
 
 def _cpu_features(system_info: str) -> str:
@@ -147,6 +157,28 @@ def _check_default_model(default_model: str | None, paths: AppPaths) -> Check:
                      "fix default_model in config.toml (localr1 config path)")
     return Check("default model", "ok",
                  f"{default_model}: {header.architecture}, {header.file_type or 'unknown quant'}")
+
+
+def check_model_runs(reference: str, paths: AppPaths) -> Check:
+    """Load a model the way `run` does and decode a few tokens: proves offload really works."""
+    from localr1.config import load_settings
+    from localr1.engine import Engine, EngineConfig, GenerationParams
+    from localr1.library import resolve_model
+    from localr1.prompting import ChatMessage
+
+    try:
+        settings = load_settings(paths.config_file)
+        path = resolve_model(reference, paths.models_dir)
+        with Engine.load(EngineConfig.from_settings(path, settings)) as engine:
+            events = list(engine.stream_chat([ChatMessage("user", "Say OK.")],
+                                             GenerationParams(max_tokens=8, seed=0)))
+    except LocalR1Error as exc:
+        return Check("model test", "fail", str(exc))
+    stats = events[-1].stats
+    info = engine.info
+    return Check("model test", "ok",
+                 f"{path.name}: runs on {info.placement}, {stats.completion_tokens} tokens at "
+                 f"{stats.tokens_per_second:.1f} tokens/s, context {info.n_ctx}")
 
 
 def print_report(checks: list[Check], stream=sys.stdout) -> None:

@@ -190,3 +190,11 @@ def test_help_is_lazy_and_core_never_imports_textual():
 def test_python_dash_m_and_version():
     result = localr1("--version")
     assert result.returncode == 0 and "localr1, version" in result.stdout
+
+
+def test_doctor_model_test_confirms_where_the_model_runs(r1_prefill_model, tmp_path):
+    result = localr1("doctor", "--model", r1_prefill_model)
+    assert result.returncode == 0, result.stdout
+    assert "model test" in result.stdout and "runs on CPU" in result.stdout
+    broken = localr1("doctor", "--model", tmp_path / "absent.gguf")
+    assert broken.returncode == 1 and "no such file" in broken.stdout
