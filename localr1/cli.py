@@ -72,28 +72,41 @@ def _gpu_layers(_ctx, _param, value: str | None):
 @click.option("--hide-reasoning", is_flag=True, help="Do not print the reasoning.")
 @click.option("--json", "json_output", is_flag=True,
               help="Print one JSON object: model, reasoning, answer, usage, timings.")
+@click.option("-c", "--continue", "continue_latest", is_flag=True,
+              help="Continue the latest conversation (its history goes to the model).")
+@click.option("--cid", type=int, help="Continue the conversation with this id.")
+@click.option("--no-log", is_flag=True, help="Do not save this turn in the history.")
 def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_tokens, temperature,
         top_p, top_k, min_p, seed, ctx, gpu_layers, threads, reasoning_budget, chat_format,
-        hide_reasoning: bool, json_output: bool) -> None:
+        hide_reasoning: bool, json_output: bool, continue_latest: bool, cid: int | None,
+        no_log: bool) -> None:
     """Answer PROMPT (and/or text piped on stdin) with a local model.
 
-    The answer streams to stdout and the reasoning to stderr.
+    The answer streams to stdout and the reasoning to stderr. Every turn is saved in the
+    history (see `localr1 history`) unless --no-log.
 
     \b
       localr1 run -m model.gguf "Why is the sky blue?"
       git diff | localr1 run -m model.gguf "Write a commit message" --hide-reasoning
+      localr1 run -c "And in one sentence?"
     """
     from localr1.config import load_settings
     from localr1.engine import Engine, EngineConfig, GenerationParams
     from localr1.library import resolve_model
     from localr1.paths import app_paths
-    from localr1.prompting import ChatMessage
     from localr1.turn_printer import TurnPrinter
 
+    if no_log and (continue_latest or cid is not None):
+        raise click.UsageError("--no-log cannot continue a conversation (-c/--cid)")
+    if continue_latest and cid is not None:
+        raise click.UsageError("use either -c or --cid, not both")
     text = _prompt_text(prompt)
     paths = app_paths()
     settings = load_settings(paths.config_file)
-    reference = model or settings.default_model
+    store = None if no_log else _open_store(paths)
+    conversation = _conversation_to_continue(store, continue_latest, cid)
+    reference = model or (conversation.model if conversation else None) \
+        or settings.default_model
     if not reference:
         raise click.UsageError("no model: pass --model NAME|PATH or set default_model in "
                                f"{paths.config_file}")
@@ -106,16 +119,50 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
         min_p=min_p, seed=seed, reasoning_budget=reasoning_budget)
     printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output)
     with engine:
-        for event in engine.stream_chat([ChatMessage("user", text)], params,
-                                        system_prompt=system):
+        for event in _turn_events(engine, store, conversation, reference, text, system, params):
             printer.handle(event)
     if json_output:
-        click.echo(printer.as_json(reference))
+        click.echo(printer.as_json(reference, conversation_id=printer.conversation_id))
     if not printer.result.answer.strip():
         stats = printer.result.stats
         why = "it stopped while still reasoning" if stats and stats.reasoning_truncated \
             else f"finish reason: {stats.finish_reason if stats else 'unknown'}"
         raise LocalR1Error(f"the model gave no answer ({why})")
+
+
+def _open_store(paths):
+    from localr1.store import Store
+
+    return Store.open(paths.db_path)
+
+
+def _conversation_to_continue(store, continue_latest: bool, cid: int | None):
+    if store is None or not (continue_latest or cid is not None):
+        return None
+    if cid is None:
+        cid = store.latest_conversation_id()
+        if cid is None:
+            raise LocalR1Error("no conversation to continue yet; run without -c first")
+    return store.conversation(cid)
+
+
+def _turn_events(engine, store, conversation, model_label: str, text: str,
+                 system: str | None, params):
+    """The engine's events for one turn, saved to the store unless logging is off."""
+    from localr1.prompting import ChatMessage
+
+    if store is None:
+        yield from engine.stream_chat([ChatMessage("user", text)], params, system_prompt=system)
+        return
+    from localr1.chat_session import ChatSession
+
+    session = ChatSession(store, engine, model_label)
+    if conversation is None:
+        conversation = session.new_conversation(system_prompt=system, params=params)
+    elif system and system != conversation.system_prompt:
+        raise click.UsageError("--system cannot change a continued conversation's system "
+                               "prompt; start a new conversation")
+    yield from session.send(conversation.id, text, params)
 
 
 def _prompt_text(words: tuple[str, ...]) -> str:
@@ -196,3 +243,13 @@ def config_show(json_output: bool) -> None:
     click.echo("\n# paths")
     for name, value in paths.as_dict().items():
         click.echo(f"# {name} = {value}")
+
+
+def _register_command_groups() -> None:
+    # Commands that live in their own modules; each imports only click at import time.
+    from localr1.cli_history import history
+
+    cli.add_command(history)
+
+
+_register_command_groups()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from localr1 import hardware, llama_log
 from localr1.chat_format import ChatFormat, resolve_chat_format
 from localr1.config import Settings
-from localr1.errors import InsufficientMemoryError, ModelLoadError
+from localr1.errors import GenerationError, InsufficientMemoryError, ModelLoadError
 from localr1.gguf_header import GGUFHeader, read_gguf_header
 from localr1.prompting import ChatMessage, fit_to_context, reply_reserve
 from localr1.reasoning import ThinkSplitter
@@ -238,7 +238,10 @@ class Engine:
         if cancel.is_set():
             turn.finish_reason = "cancelled"
         else:
-            yield from self._generate(turn, prompt, params, cancel)
+            try:
+                yield from self._generate(turn, prompt, params, cancel)
+            except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
+                raise GenerationError(f"llama.cpp failed while generating: {exc}") from None
         yield TurnDone(turn.stats(fitted.dropped_messages))
 
     def _generate(self, turn: _Turn, prompt: list[int], params: GenerationParams,

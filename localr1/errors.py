@@ -27,3 +27,7 @@ class ChatFormatError(LocalR1Error):
 
 class ContextOverflowError(LocalR1Error):
     """Even the newest user message alone does not fit in the context window."""
+
+
+class GenerationError(LocalR1Error):
+    """llama.cpp failed in the middle of a turn (e.g. a decode error)."""

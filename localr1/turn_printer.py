@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
+from localr1.chat_session import TurnSaved
 from localr1.engine import AnswerDelta, ContextTrimmed, Event, ReasoningDelta, TurnDone, TurnStats
 from localr1.terminal_text import visible_controls
 
@@ -63,8 +64,9 @@ class TurnPrinter:
         self.err = _Stream(stderr or sys.stderr)
         self.result = TurnResult()
         self._thinking_since: float | None = None
+        self.conversation_id: int | None = None
 
-    def handle(self, event: Event) -> None:
+    def handle(self, event: Event | TurnSaved) -> None:
         if isinstance(event, ReasoningDelta):
             if not self.result.reasoning and self.show_reasoning and self.err.is_tty:
                 self._thinking_since = time.monotonic()
@@ -88,6 +90,8 @@ class TurnPrinter:
         elif isinstance(event, TurnDone):
             self.result.stats = event.stats
             self._finish(event.stats)
+        elif isinstance(event, TurnSaved):
+            self.conversation_id = event.conversation_id
 
     def note(self, text: str) -> None:
         self.result.notes.append(text)
@@ -106,12 +110,13 @@ class TurnPrinter:
             self.note(f"stopped after {stats.completion_tokens} tokens (max tokens or context "
                       "window reached); raise --max-tokens or --ctx for a longer reply")
 
-    def as_json(self, model: str) -> str:
+    def as_json(self, model: str, conversation_id: int | None = None) -> str:
         stats = self.result.stats
         assert stats is not None
         data = asdict(stats)
         return json.dumps({
             "model": model,
+            "conversation_id": conversation_id,
             "reasoning": self.result.reasoning,
             "answer": self.result.answer,
             "finish_reason": stats.finish_reason,

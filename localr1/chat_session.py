@@ -1,0 +1,80 @@
+"""One chat turn, saved as it happens: the core that `run`, the TUI and batch share.
+
+The user message is committed before generation starts; the answer is written through the
+store's AssistantMessageWriter (row at the first token, flushed at least once a second, real
+finish reason at the end). History sent to the model is the conversation's active branch, with
+reasoning left out by `prompting`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from types import EllipsisType
+
+from localr1.engine import AnswerDelta, Engine, Event, GenerationParams, ReasoningDelta, TurnDone
+from localr1.store import Conversation, Store
+
+
+@dataclass(frozen=True)
+class TurnSaved:
+    """The last event of a logged turn: where it was stored."""
+
+    conversation_id: int
+    user_message_id: int
+    assistant_message_id: int
+
+
+class ChatSession:
+    """A loaded engine and the store it logs to, under one model label."""
+
+    def __init__(self, store: Store, engine: Engine, model_label: str) -> None:
+        self.store = store
+        self.engine = engine
+        self.model_label = model_label
+
+    def new_conversation(self, *, system_prompt: str | None = None,
+                         params: GenerationParams | None = None) -> Conversation:
+        return self.store.create_conversation(
+            model=self.model_label, system_prompt=system_prompt,
+            params=asdict(params) if params else None)
+
+    def send(self, conversation_id: int, text: str, params: GenerationParams, *,
+             parent_id: int | None | EllipsisType = ...,
+             cancel: threading.Event | None = None) -> Iterator[Event | TurnSaved]:
+        """Add the user's message (after `parent_id`: default the active leaf; an edit passes
+        the edited message's parent) and stream the answer."""
+        user = self.store.add_message(conversation_id, "user", text, parent_id=parent_id)
+        yield from self._answer(conversation_id, user.id, params, cancel)
+
+    def regenerate(self, conversation_id: int, user_message_id: int, params: GenerationParams,
+                   *, cancel: threading.Event | None = None) -> Iterator[Event | TurnSaved]:
+        """A new answer to an existing user message; the old answer stays as an alternate."""
+        yield from self._answer(conversation_id, user_message_id, params, cancel)
+
+    def _answer(self, conversation_id: int, user_message_id: int, params: GenerationParams,
+                cancel: threading.Event | None) -> Iterator[Event | TurnSaved]:
+        conversation = self.store.conversation(conversation_id)
+        history = [m.to_chat_message() for m in self.store.branch(conversation_id,
+                                                                 user_message_id)]
+        writer = self.store.assistant_writer(conversation_id, parent_id=user_message_id,
+                                             model=self.model_label)
+        with writer:  # leaving early records 'cancelled' (Ctrl+C) or 'error'
+            for event in self.engine.stream_chat(history, params, cancel=cancel,
+                                                 system_prompt=conversation.system_prompt):
+                if isinstance(event, ReasoningDelta):
+                    writer.add("reasoning", event.text)
+                elif isinstance(event, AnswerDelta):
+                    writer.add("answer", event.text)
+                elif isinstance(event, TurnDone):
+                    stats = event.stats
+                    writer.finish(
+                        stats.finish_reason, prompt_tokens=stats.prompt_tokens,
+                        completion_tokens=stats.completion_tokens,
+                        reasoning_tokens=stats.reasoning_tokens,
+                        ttft_ms=round(stats.ttft_seconds * 1000, 1),
+                        tokens_per_second=round(stats.tokens_per_second, 2),
+                        thinking_seconds=stats.thinking_seconds)
+                yield event
+        yield TurnSaved(conversation_id, user_message_id, writer.message_id)
