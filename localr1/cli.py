@@ -40,7 +40,8 @@ def main() -> None:
 # ---- run -----------------------------------------------------------------------------------
 
 
-def _gpu_layers(_ctx, _param, value: str | None):
+def gpu_layers_option_value(value: str | None) -> int | str | None:
+    """--gpu-layers: auto, all, 0 or a count (click.BadParameter otherwise)."""
     if value is None:
         return None
     from localr1.config import parse_gpu_layers
@@ -48,7 +49,12 @@ def _gpu_layers(_ctx, _param, value: str | None):
     try:
         return parse_gpu_layers(value)
     except ValueError:
-        raise click.BadParameter("use auto, all, 0 (CPU) or a layer count") from None
+        raise click.BadParameter("use auto, all, 0 (CPU) or a layer count",
+                                 param_hint="--gpu-layers") from None
+
+
+def _gpu_layers(_ctx, _param, value: str | None):
+    return gpu_layers_option_value(value)
 
 
 @cli.command()
@@ -247,9 +253,11 @@ def config_show(json_output: bool) -> None:
 
 def _register_command_groups() -> None:
     # Commands that live in their own modules; each imports only click at import time.
+    from localr1.cli_batch import batch
     from localr1.cli_history import history
 
     cli.add_command(history)
+    cli.add_command(batch)
 
 
 _register_command_groups()

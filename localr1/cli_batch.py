@@ -1,0 +1,187 @@
+"""`localr1 batch`: answer many prompts from a file or stdin, JSONL out, resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("input_path", metavar="[INPUT]", required=False,
+                type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL file to append to; a rerun skips ids answered there. "
+                   "Default: stdout.")
+@click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
+@click.option("-p", "--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Records decoded at once in one llama.cpp context.")
+@click.option("--template", "template_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Prompt template file with {input} and {id}.")
+@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]),
+              default="auto", show_default=True, help="How to read INPUT.")
+@click.option("-s", "--system", help="System prompt for records that have none.")
+@click.option("--seed", type=int, help="Makes every record reproducible, whatever --parallel.")
+@click.option("--save", is_flag=True, help="Also save each record as a conversation.")
+@click.option("--max-tokens", type=click.IntRange(min=0), help="Per record (0 = no limit).")
+@click.option("--temperature", type=click.FloatRange(0, 5))
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True))
+@click.option("--ctx", type=click.IntRange(min=64), help="Context per record, in tokens.")
+@click.option("--threads", type=click.IntRange(min=1))
+@click.option("--gpu-layers", help="auto, all, 0 (CPU) or a count.")
+@click.option("--reasoning-budget", type=click.IntRange(min=-1))
+@click.option("--chat-format", help="Prompt format for GGUFs without a usable template.")
+def batch(input_path: Path | None, output: Path | None, model: str | None, parallel: int,
+          template_path: Path | None, input_format: str, system: str | None, seed: int | None,
+          save: bool, max_tokens, temperature, top_p, ctx, threads, gpu_layers,
+          reasoning_budget, chat_format) -> None:
+    """Answer every prompt in INPUT (JSONL, text lines, or stdin) as JSONL records.
+
+    \b
+    JSONL lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]},
+    optionally with "system" and "params" ({"temperature": 0.2, "max_tokens": 500, ...}).
+    Text lines: one prompt per line; the id is the line number.
+
+    \b
+      localr1 batch questions.jsonl -o answers.jsonl --parallel 4
+      cat prompts.txt | localr1 batch --template tmpl.txt > out.jsonl
+    """
+    from localr1.batch import (
+        BatchOptions,
+        answered_ids,
+        id_key,
+        iter_input_lines,
+        open_output_for_append,
+        read_items,
+        run_batch,
+    )
+    from localr1.cli import gpu_layers_option_value
+    from localr1.config import load_settings
+    from localr1.engine import Engine, EngineConfig, GenerationParams
+    from localr1.hardware import default_threads
+    from localr1.library import resolve_model
+    from localr1.paths import app_paths
+
+    paths = app_paths()
+    settings = load_settings(paths.config_file)
+    template = template_path.read_text(encoding="utf-8") if template_path else None
+    if template is not None and "{input}" not in template:
+        raise click.UsageError(f"{template_path} has no {{input}} placeholder")
+    if input_path is None and sys.stdin.isatty():
+        raise click.UsageError("no input: give INPUT or pipe prompts on stdin")
+    source = None if input_path in (None, Path("-")) else input_path
+    kind = input_format
+    if kind == "auto" and source is not None:
+        kind = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}.get(source.suffix, "auto")
+    items = read_items(iter_input_lines(source, sys.stdin), kind=kind, template=template)
+    skipped = 0
+    if output is not None:
+        done = answered_ids(output)
+        before = len(items)
+        items = [i for i in items if i.id is None or id_key(i.id) not in done]
+        skipped = before - len(items)
+
+    reference = model or settings.default_model
+    if not reference:
+        raise click.UsageError("no model: pass --model NAME|PATH or set default_model in "
+                               f"{paths.config_file}")
+    model_path = resolve_model(reference, paths.models_dir)
+    n_ctx = ctx or settings.context_size
+    engine = Engine.load(EngineConfig.from_settings(
+        model_path, settings, context_size=min(n_ctx, 2048),
+        gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
+        chat_format=chat_format))
+    if engine.info.n_ctx_train:
+        n_ctx = min(n_ctx, engine.info.n_ctx_train)
+    params = GenerationParams.from_settings(settings, max_tokens=max_tokens,
+                                            temperature=temperature, top_p=top_p,
+                                            reasoning_budget=reasoning_budget)
+    options = BatchOptions(model_label=reference, params=params, parallel=parallel,
+                           n_ctx_per_sequence=n_ctx,
+                           threads=threads or settings.threads or default_threads(),
+                           system=system, seed=seed)
+    out = open_output_for_append(output) if output else sys.stdout
+    saver = _Saver(paths, reference) if save else None
+
+    def write(record, item) -> None:
+        if saver and record["error"] is None:
+            saver.save(item, record)
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+
+    progress = _Progress() if sys.stderr.isatty() else None
+    cancel = threading.Event()
+    try:
+        with engine:
+            summary = run_batch(engine, items, options, write, progress, cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        if progress:
+            progress.clear()
+        if output:
+            out.close()
+    summary.skipped = skipped
+    click.echo(summary.line(), err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+class _Progress:
+    """One self-rewriting stderr line: done/total, tokens/s, ETA."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, summary, total: int) -> None:
+        now = time.monotonic()
+        finished = summary.done + summary.failed
+        if now - self.last < 0.2 and finished < total:
+            return
+        self.last = now
+        eta = ""
+        if finished and summary.seconds > 0 and finished < total:
+            remaining = summary.seconds / finished * (total - finished)
+            eta = f", ETA {int(remaining // 60)}:{int(remaining % 60):02d}"
+        sys.stderr.write(f"\r\x1b[K[{finished}/{total}] {summary.tokens_per_second:.1f} "
+                         f"tokens/s{eta}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+class _Saver:
+    """--save: each answered record becomes a conversation tagged with this batch's id."""
+
+    def __init__(self, paths, model_label: str) -> None:
+        import uuid
+
+        from localr1.store import Store
+
+        self.store = Store.open(paths.db_path)
+        self.model = model_label
+        self.batch_id = f"batch-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+    def save(self, item, record) -> None:
+        conversation = self.store.create_conversation(
+            model=self.model, system_prompt=item.system,
+            params={"batch_id": self.batch_id, "record_id": item.id})
+        for message in item.messages:
+            self.store.add_message(conversation.id, message.role, message.content,
+                                   batch_id=self.batch_id)
+        usage, timings = record["usage"], record["timings"]
+        self.store.add_message(
+            conversation.id, "assistant", record["answer"], model=self.model,
+            reasoning=record["reasoning"] or None, batch_id=self.batch_id,
+            finish_reason=record["finish_reason"], prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            reasoning_tokens=usage["reasoning_tokens"], ttft_ms=timings["ttft_ms"],
+            tokens_per_second=timings["tokens_per_second"])
+

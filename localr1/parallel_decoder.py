@@ -1,0 +1,284 @@
+"""Several prompts decoded together in one llama.cpp context, like llama-server's slots.
+
+Each request gets a sequence id, its own sampler chain and its own reasoning splitter; every
+step puts one token per generating sequence (plus prompt chunks of newly started ones) into one
+`llama_batch`, so a memory-bound CPU reads the weights once for N tokens instead of once per
+token. The KV cache is split evenly between the sequences (`kv_unified = false`).
+
+This uses llama-cpp-python's low-level API (the high-level `Llama` decodes one sequence) on
+the model an `Engine` already loaded; the Engine's own context stays free for chat.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from localr1.engine import (
+    THINK_CLOSE,
+    AnswerDelta,
+    Engine,
+    Event,
+    FinishReason,
+    GenerationParams,
+    ReasoningDelta,
+    TurnDone,
+    TurnStats,
+)
+from localr1.errors import GenerationError
+from localr1.reasoning import ThinkSplitter
+
+
+@dataclass(frozen=True)
+class SequenceRequest:
+    key: Any  # the caller's id for this request, echoed in callbacks
+    prompt_tokens: list[int]
+    params: GenerationParams
+    start_in_reasoning: bool
+    seed: int | None = None  # None: params.seed or a random one
+
+
+EventSink = Callable[[Any, Event], None]
+
+
+@dataclass
+class _Slot:
+    """One sequence being decoded."""
+
+    seq_id: int
+    request: SequenceRequest
+    sampler: Any
+    pending: list[int]  # tokens still to feed (prompt chunks, injected tokens)
+    max_new: int
+    started: float
+    splitter: ThinkSplitter
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    n_past: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    budget_hit: bool = False
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    thinking_ended_at: float | None = None
+    logits_index: int = -1  # where this slot's logits are in the current batch
+
+
+class ParallelDecoder:
+    def __init__(self, engine: Engine, n_parallel: int, n_ctx_per_sequence: int,
+                 threads: int, n_batch: int = 512) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.engine = engine
+        self.n_parallel = n_parallel
+        self.n_ctx_per_sequence = n_ctx_per_sequence
+        self.n_batch = max(n_batch, n_parallel)
+        llm = engine._llm
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_per_sequence * n_parallel
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = n_parallel
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = False  # each sequence gets its own n_ctx_per_sequence cells
+        self._ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not self._ctx:
+            raise GenerationError(f"llama.cpp could not create a context for {n_parallel} "
+                                  f"sequences of {n_ctx_per_sequence} tokens")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self._detokenize = llm.detokenize
+        self._close_tokens = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
+
+    def close(self) -> None:
+        if self._ctx:
+            self._llama_cpp.llama_batch_free(self._batch)
+            self._llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> ParallelDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the decode loop -----------------------------------------------------------------
+
+    def run(self, requests: Iterable[SequenceRequest], sink: EventSink,
+            cancel: threading.Event | None = None) -> None:
+        """Decode every request; `sink(key, event)` gets each one's events, ending in TurnDone.
+
+        Requests are started as slots free up (continuous batching), so the order of completion
+        follows length, not input order.
+        """
+        cancel = cancel or threading.Event()
+        queue = iter(requests)
+        free_ids = deque(range(self.n_parallel))
+        slots: dict[int, _Slot] = {}
+        exhausted = False
+        while True:
+            while free_ids and not exhausted:
+                request = next(queue, None)
+                if request is None:
+                    exhausted = True
+                    break
+                slot = self._start(free_ids.popleft(), request)
+                if slot.max_new <= 0:
+                    self._finish(slot, "length", sink)
+                    free_ids.append(slot.seq_id)
+                    continue
+                slots[slot.seq_id] = slot
+            if not slots:
+                return
+            if cancel.is_set():
+                exhausted = True  # start nothing new
+                for slot in list(slots.values()):
+                    self._release(slot, "cancelled", sink, slots, free_ids)
+                continue
+            self._decode_step(slots)
+            for slot in list(slots.values()):
+                if slot.logits_index >= 0:
+                    reason = self._sample(slot, sink)
+                    if reason:
+                        self._release(slot, reason, sink, slots, free_ids)
+
+    def _start(self, seq_id: int, request: SequenceRequest) -> _Slot:
+        llama_cpp = self._llama_cpp
+        params = request.params
+        seed = request.seed if request.seed is not None else params.seed
+        if seed is None:
+            seed = random.getrandbits(31)
+        room = self.n_ctx_per_sequence - len(request.prompt_tokens)
+        max_new = min(room, params.max_tokens) if params.max_tokens > 0 else room
+        slot = _Slot(seq_id=seq_id, request=request, sampler=self._sampler(params, seed),
+                     pending=list(request.prompt_tokens), max_new=max_new,
+                     started=time.perf_counter(),
+                     splitter=ThinkSplitter(start_in_reasoning=request.start_in_reasoning))
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        if params.reasoning_budget == 0 and slot.splitter.in_reasoning:
+            self._inject_close(slot, None)
+        return slot
+
+    def _sampler(self, params: GenerationParams, seed: int):
+        # The same chain, in the same order, as llama-cpp-python's Llama.generate.
+        llama_cpp = self._llama_cpp
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        add(chain, llama_cpp.llama_sampler_init_penalties(self._n_vocab, 64,
+                                                          params.repeat_penalty, 0.0, 0.0))
+        if params.temperature == 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode_step(self, slots: dict[int, _Slot]) -> None:
+        """One llama_decode over every slot's next tokens (prompt chunks fill what is left)."""
+        batch = self._batch
+        n = 0
+        for slot in slots.values():
+            slot.logits_index = -1
+        # Generating slots first (one token each), so a long prompt never starves them.
+        for slot in sorted(slots.values(), key=lambda s: len(s.pending)):
+            take = min(len(slot.pending), self.n_batch - n)
+            if take <= 0:
+                continue
+            for token in slot.pending[:take]:
+                batch.token[n] = token
+                batch.pos[n] = slot.n_past
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                batch.logits[n] = 0
+                slot.n_past += 1
+                n += 1
+            del slot.pending[:take]
+            if not slot.pending:  # fully fed: its next token is sampled from this step
+                batch.logits[n - 1] = 1
+                slot.logits_index = n - 1
+        batch.n_tokens = n
+        result = self._llama_cpp.llama_decode(self._ctx, batch)
+        if result != 0:
+            raise GenerationError(f"llama.cpp failed while generating (llama_decode {result})")
+
+    def _sample(self, slot: _Slot, sink: EventSink) -> FinishReason | None:
+        llama_cpp = self._llama_cpp
+        token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_index)
+        now = time.perf_counter()
+        if slot.first_token_at is None:
+            slot.first_token_at = now
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            return "stop"
+        slot.completion_tokens += 1
+        slot.last_token_at = now
+        was_reasoning = slot.splitter.in_reasoning
+        text = slot.decoder.decode(self._detokenize([token]))
+        self._emit(slot, slot.splitter.feed(text), sink)
+        if was_reasoning or slot.splitter.in_reasoning:
+            slot.reasoning_tokens += 1
+        if was_reasoning and not slot.splitter.in_reasoning:
+            slot.thinking_ended_at = now
+        slot.pending.append(token)
+        if slot.completion_tokens >= slot.max_new:
+            return "length"
+        budget = slot.request.params.reasoning_budget
+        if 0 <= budget <= slot.reasoning_tokens and slot.splitter.in_reasoning:
+            self._inject_close(slot, sink)
+        return None
+
+    def _inject_close(self, slot: _Slot, sink: EventSink | None) -> None:
+        """--reasoning-budget: end the think block and let the model answer."""
+        slot.pending.extend(self._close_tokens)
+        slot.max_new -= len(self._close_tokens)
+        slot.budget_hit = True
+        deltas = slot.splitter.feed(THINK_CLOSE)
+        slot.thinking_ended_at = time.perf_counter()
+        if sink is not None:
+            self._emit(slot, deltas, sink)
+
+    def _emit(self, slot: _Slot, deltas, sink: EventSink) -> None:
+        for delta in deltas:
+            event = ReasoningDelta(delta.text) if delta.kind == "reasoning" else \
+                AnswerDelta(delta.text)
+            sink(slot.request.key, event)
+
+    def _release(self, slot: _Slot, reason: FinishReason, sink: EventSink,
+                 slots: dict[int, _Slot], free_ids: deque[int]) -> None:
+        del slots[slot.seq_id]
+        self._llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        free_ids.append(slot.seq_id)
+        self._finish(slot, reason, sink)
+
+    def _finish(self, slot: _Slot, reason: FinishReason, sink: EventSink) -> None:
+        tail = slot.decoder.decode(b"", final=True)
+        self._emit(slot, slot.splitter.feed(tail) + slot.splitter.finish(), sink)
+        self._llama_cpp.llama_sampler_free(slot.sampler)
+        end = time.perf_counter()
+        first = slot.first_token_at
+        generating = (slot.last_token_at or end) - first if first else 0.0
+        thinking = None
+        if slot.splitter.saw_reasoning and first is not None:
+            thinking = (slot.thinking_ended_at or slot.last_token_at or end) - first
+        n = slot.completion_tokens
+        sink(slot.request.key, TurnDone(TurnStats(
+            finish_reason=reason, prompt_tokens=len(slot.request.prompt_tokens),
+            cached_prompt_tokens=0, completion_tokens=n,
+            reasoning_tokens=slot.reasoning_tokens if slot.splitter.saw_reasoning else 0,
+            reasoning_truncated=slot.splitter.reasoning_truncated,
+            reasoning_budget_hit=slot.budget_hit, dropped_messages=0,
+            ttft_seconds=(first - slot.started) if first else end - slot.started,
+            tokens_per_second=(n - 1) / generating if n > 1 and generating > 0 else 0.0,
+            thinking_seconds=thinking, total_seconds=end - slot.started)))
+
