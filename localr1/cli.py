@@ -98,7 +98,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     """
     from localr1.config import load_settings
     from localr1.engine import Engine, EngineConfig, GenerationParams
-    from localr1.library import resolve_model
+    from localr1.library import mark_used, resolve_model
     from localr1.paths import app_paths
     from localr1.turn_printer import TurnPrinter
 
@@ -120,6 +120,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     engine = Engine.load(EngineConfig.from_settings(
         model_path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
         chat_format=chat_format))
+    mark_used(model_path)
     params = GenerationParams.from_settings(
         settings, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         min_p=min_p, seed=seed, reasoning_budget=reasoning_budget)
@@ -255,9 +256,16 @@ def _register_command_groups() -> None:
     # Commands that live in their own modules; each imports only click at import time.
     from localr1.cli_batch import batch
     from localr1.cli_history import history
+    from localr1.cli_models import import_models, list_models, pull, rm, show
 
     cli.add_command(history)
     cli.add_command(batch)
+    cli.add_command(pull)
+    cli.add_command(list_models)
+    cli.add_command(list_models, "ls")
+    cli.add_command(show)
+    cli.add_command(rm)
+    cli.add_command(import_models)
 
 
 _register_command_groups()

@@ -159,3 +159,26 @@ def default_threads() -> int:
         except OSError:
             return max(1, len(cpus) // 2) if len(cpus) > 4 else len(cpus)  # no sysfs: guess
     return max(1, len(cores))
+
+
+def estimate_memory_for_shape(weights_bytes: int, n_layers: int, n_kv_heads: int,
+                              key_length: int, value_length: int, n_ctx: int) -> MemoryEstimate:
+    """Like estimate_memory, from numbers alone (a catalog entry before its GGUF is on disk)."""
+    kv = n_layers * n_ctx * n_kv_heads * (key_length + value_length) * 2  # f16 K and V
+    return MemoryEstimate(weights_bytes, kv, COMPUTE_OVERHEAD_BYTES, n_layers)
+
+
+# Tests point this at a number to exercise "no space left" without filling a real disk.
+FREE_DISK_OVERRIDE_ENV = "LOCALR1_TEST_FREE_BYTES"
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+    override = os.environ.get(FREE_DISK_OVERRIDE_ENV)
+    if override:
+        return int(override)
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage(path.anchor or ".").free

@@ -1,15 +1,35 @@
-"""The models on disk: turning what the user typed (`--model`) into a GGUF path.
+"""The models on disk: resolve what the user typed, register, list, remove, import, pull.
 
-Accepted: a path to a .gguf file, or the name of a GGUF in the models folder (its file name
-with or without `.gguf`). Unknown names get the nearest matches in the message.
+`--model` accepts a path to a .gguf file, the name of an installed model (pulled, imported, or a
+GGUF dropped into the models folder: its file name with or without `.gguf`), or a catalog name
+(`r1:7b`; if it is not installed the message says to pull it). Unknown names get the nearest
+matches in the message.
+
+Every GGUF is validated before it is registered (magic, version, and that the tensor data fits
+in each part: a truncated download fails here, not inside llama.cpp).
 """
 
 from __future__ import annotations
 
-import difflib
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from localr1.errors import ModelFileError
+from localr1.gguf_header import GGUFHeader, read_gguf_header
+from localr1.model_registry import GGUFSummary, InstalledModel, ModelFile, ModelRegistry
+
+if TYPE_CHECKING:
+    from localr1.catalog import Catalog
+    from localr1.hub import DownloadedFile, DownloadOptions, OnEvent, PullPlan
+
+_SPLIT_NAME = re.compile(r"^(?P<base>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def installed_models(models_dir: Path) -> dict[str, Path]:
@@ -19,20 +39,473 @@ def installed_models(models_dir: Path) -> dict[str, Path]:
     return {path.stem: path for path in sorted(models_dir.rglob("*.gguf")) if path.is_file()}
 
 
-def resolve_model(reference: str, models_dir: Path) -> Path:
+# ---- resolving what the user typed -----------------------------------------------------------
+
+
+def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry | None = None,
+                  catalog: Catalog | None = None) -> Path:
+    """The GGUF to load for `reference`: a path, an installed name, or a catalog name."""
     path = Path(reference).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a GGUF file")
-    looks_like_path = reference.endswith(".gguf") or "/" in reference or "\\" in reference
-    models = installed_models(models_dir)
-    name = reference.removesuffix(".gguf")
-    if name in models:
-        return models[name]
-    if looks_like_path:
-        raise ModelFileError(f"{path}: no such file")
-    nearest = difflib.get_close_matches(name, list(models), n=3, cutoff=0.4)
-    hint = f"; did you mean {', '.join(nearest)}?" if nearest else \
-        f"; pass a path to a .gguf file or put one in {models_dir}"
-    raise ModelFileError(f"unknown model '{reference}'{hint}")
+    registry = registry or ModelRegistry.default()
+    folder = None if registry.get(reference) else \
+        installed_models(models_dir).get(reference.removesuffix(".gguf"))
+    if folder is not None:  # the common case, answered without reading any header
+        return folder
+    catalog = catalog or _load_catalog()
+    model = find_installed(reference, models_dir, registry=registry, catalog=catalog)
+    if model is not None:
+        if not model.path.is_file():
+            raise ModelFileError(f"{model.name}: its file {model.path} is gone; "
+                                 f"`localr1 rm {model.name}`, then pull or import it again")
+        return model.path
+    from localr1.hub import parse_hub_reference
+
+    entry = catalog.find(reference)
+    hub_ref = parse_hub_reference(reference)
+    if entry is not None or (hub_ref is not None and hub_ref.quant):
+        shown = entry.name if entry else reference
+        raise ModelFileError(f"model '{shown}' is not installed; run: localr1 pull {reference}")
+    if reference.endswith(".gguf") or "/" in reference or "\\" in reference:
+        hint = f" (to download it from the Hub: localr1 pull {reference})" if hub_ref else ""
+        raise ModelFileError(f"{path}: no such file{hint}")
+    from localr1.catalog import UnknownModelError, nearest_hint
+
+    names = [m.name for m in registry.models()] + list(installed_models(models_dir)) + \
+        catalog.names()
+    hint = nearest_hint(reference.removesuffix(".gguf"), names) or \
+        f"; pass a path to a .gguf file, a catalog name (localr1 list --available) or put one " \
+        f"in {models_dir}"
+    raise UnknownModelError(f"unknown model '{reference}'{hint}")
+
+
+def find_installed(reference: str, models_dir: Path, *, registry: ModelRegistry | None = None,
+                   catalog: Catalog | None = None) -> InstalledModel | None:
+    """The installed model `reference` names, or None. Tried in order: a registered name, a
+    GGUF in the models folder by file name, a catalog name, an `owner/repo:QUANT` or
+    `owner/repo/FILE.gguf` that was pulled, a registered file's path."""
+    registry = registry or ModelRegistry.default()
+    model = registry.get(reference)
+    if model is not None:
+        return model
+    stem = reference.removesuffix(".gguf")
+    folder = installed_models(models_dir).get(stem)
+    if folder is not None:
+        return registry.find_path(folder) or _folder_model(folder)
+    from localr1.hub import local_path, parse_hub_reference, quant_from_filename
+
+    entry = (catalog or _load_catalog()).find(reference)
+    if entry is not None:
+        pulled = local_path(models_dir, entry.repo, entry.files[0])
+        return registry.get(entry.name) or (_folder_model(pulled) if pulled.is_file() else None)
+    hub_ref = parse_hub_reference(reference)
+    if hub_ref is not None:
+        for candidate in registry.models():
+            if (candidate.repo or "").lower() != hub_ref.repo.lower():
+                continue
+            files = [f.path.as_posix() for f in candidate.files]
+            if hub_ref.file and any(f.endswith("/" + hub_ref.file) for f in files):
+                return candidate
+            if hub_ref.quant and quant_from_filename(files[0]) == hub_ref.quant:
+                return candidate
+    path = Path(reference).expanduser()
+    return registry.find_path(path) if path.exists() else None
+
+
+def mark_used(model_path: Path, registry: ModelRegistry | None = None) -> None:
+    """Record that a model was loaded now (for `list`'s LAST USED); unregistered: no-op."""
+    registry = registry or ModelRegistry.default()
+    model = registry.find_path(model_path)
+    if model is not None:
+        registry.mark_used(model.name)
+
+
+def _load_catalog() -> Catalog:
+    from localr1.catalog import load_catalog
+
+    return load_catalog()
+
+
+# ---- validation and registration -------------------------------------------------------------
+
+
+def split_parts(first: Path) -> tuple[Path, ...]:
+    """All parts of a split GGUF named `X-00001-of-0000N.gguf`; (first,) when not split."""
+    match = _SPLIT_NAME.match(first.stem) if first.suffix == ".gguf" else None
+    if not match:
+        return (first,)
+    count = int(match["count"])
+    return tuple(first.with_name(f"{match['base']}-{i:05d}-of-{count:05d}.gguf")
+                 for i in range(1, count + 1))
+
+
+def validate_gguf(parts: tuple[Path, ...]) -> list[GGUFHeader]:
+    """Every part's header, checked: magic, version, tensor data within the file, split count."""
+    for part in parts:
+        if not part.is_file():
+            raise ModelFileError(f"{part}: missing part of a split GGUF")
+    headers = [read_gguf_header(p) for p in parts]
+    if headers[0].split_count != len(parts):
+        raise ModelFileError(f"{parts[0]}: the GGUF says it has {headers[0].split_count} "
+                             f"part(s), found {len(parts)}")
+    return headers
+
+
+def build_model(name: str, parts: tuple[Path, ...], *, source: str, owned: bool,
+                sha256s: tuple[str | None, ...] | None = None, verified: bool = False,
+                repo: str | None = None, catalog_name: str | None = None) -> InstalledModel:
+    """A registry record for validated GGUF parts (nothing is written)."""
+    headers = validate_gguf(parts)
+    sha256s = sha256s or (None,) * len(parts)
+    files = []
+    for part, sha in zip(parts, sha256s, strict=True):
+        st = part.stat()
+        files.append(ModelFile(part, st.st_size, sha,
+                               st.st_mtime_ns if verified and sha else None))
+    return InstalledModel(name, tuple(files), source, owned, GGUFSummary.from_headers(headers),
+                          repo=repo, catalog_name=catalog_name, added_at=time.time())
+
+
+def _folder_model(path: Path) -> InstalledModel | None:
+    """An unregistered GGUF in the models folder, as a record (None if it is not valid)."""
+    try:
+        return build_model(path.stem, split_parts(path), source="folder", owned=True)
+    except ModelFileError:
+        return None
+
+
+# ---- listing and removing --------------------------------------------------------------------
+
+
+def list_models(models_dir: Path, registry: ModelRegistry | None = None) -> list[InstalledModel]:
+    """Registered models, then valid GGUFs in the models folder that nobody registered."""
+    registry = registry or ModelRegistry.default()
+    models = sorted(registry.models(), key=lambda m: m.name.lower())
+    known = {_identity(f.path) for m in models for f in m.files}
+    for path in installed_models(models_dir).values():
+        match = _SPLIT_NAME.match(path.stem)
+        if _identity(path) in known or (match and match["index"] != "00001"):
+            continue
+        model = _folder_model(path)
+        if model is not None:
+            models.append(model)
+    return models
+
+
+def is_missing(model: InstalledModel) -> bool:
+    return not all(f.path.is_file() for f in model.files)
+
+
+@dataclass(frozen=True)
+class RemovedModel:
+    model: InstalledModel
+    deleted: tuple[Path, ...]  # files deleted; empty when the model was only forgotten
+
+
+def remove_model(model: InstalledModel, models_dir: Path,
+                 registry: ModelRegistry | None = None) -> RemovedModel:
+    """Forget a model; delete its files too when they are our own copy."""
+    from localr1.hub import remove_partial
+
+    registry = registry or ModelRegistry.default()
+    deleted = []
+    if model.owned:
+        for f in model.files:
+            if f.path.exists() or f.path.is_symlink():
+                f.path.unlink()
+                deleted.append(f.path)
+            remove_partial(f.path)
+        _prune_empty_dirs({f.path.parent for f in model.files}, models_dir)
+    registry.remove(model.name)
+    return RemovedModel(model, tuple(deleted))
+
+
+def _prune_empty_dirs(folders: set[Path], models_dir: Path) -> None:
+    root = models_dir.resolve()
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        current = folder.resolve()
+        while current != root and root in current.parents:
+            try:
+                current.rmdir()
+            except OSError:
+                break
+            current = current.parent
+
+
+# ---- import ----------------------------------------------------------------------------------
+
+
+def import_model(path: Path, name: str | None = None, *, copy: bool = False,
+                 models_dir: Path, registry: ModelRegistry | None = None) -> InstalledModel:
+    """Register a GGUF already on disk (no copy unless asked). Split files: name part 1."""
+    registry = registry or ModelRegistry.default()
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; import takes a .gguf file (or --scan)")
+    parts = split_parts(path)
+    validate_gguf(parts)
+    name = name or _default_name(path)
+    if not name.strip() or any(c.isspace() for c in name):
+        raise ModelFileError(f"'{name}' cannot be a model name (no spaces)")
+    existing = registry.find_path(path)
+    if existing is not None and not copy:
+        raise ModelFileError(f"{path} is already installed as '{existing.name}'")
+    taken = registry.get(name)
+    if taken is not None:
+        raise ModelFileError(f"the name '{name}' is taken by {taken.path}; pass --name")
+    if copy:
+        from localr1.hub import copy_file
+
+        target_dir = models_dir / "imported"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for part in parts:
+            target = target_dir / part.name
+            if target.exists():
+                raise ModelFileError(f"{target} already exists")
+            copy_file(part, target)
+            copies.append(target)
+        parts = tuple(copies)
+    model = build_model(name, parts, source="import", owned=copy)
+    registry.put(model)
+    return model
+
+
+def _default_name(path: Path) -> str:
+    match = _SPLIT_NAME.match(path.stem)
+    return match["base"] if match else path.stem
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    """A GGUF another app keeps on disk, before it is registered."""
+
+    name: str
+    parts: tuple[Path, ...]
+    source: str  # "hf-cache", "lmstudio", "ollama"
+    sha256s: tuple[str | None, ...]
+    repo: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    imported: tuple[InstalledModel, ...]
+    skipped: tuple[tuple[FoundModel, str], ...]  # (what, why)
+
+
+def scan_sources(home: Path | None = None) -> list[FoundModel]:
+    """GGUFs in the Hugging Face cache, LM Studio's models folder and Ollama's blob store."""
+    home = home or Path.home()
+    return [*_scan_hf_cache(), *_scan_lmstudio(home), *_scan_ollama(home)]
+
+
+def import_found(found: list[FoundModel],
+                 registry: ModelRegistry | None = None) -> ScanResult:
+    """Register what scan_sources found, skipping what is invalid or already registered."""
+    registry = registry or ModelRegistry.default()
+    imported, skipped = [], []
+    registered = registry.models()
+    known_ids = {_identity(f.path): m.name for m in registered for f in m.files}
+    known_shas = {f.sha256: m.name for m in registered for f in m.files if f.sha256}
+    for item in found:
+        owner = known_ids.get(_identity(item.parts[0])) or \
+            next((known_shas[s] for s in item.sha256s if s in known_shas), None)
+        if owner is not None:
+            skipped.append((item, f"already installed as '{owner}'"))
+            continue
+        if registry.get(item.name) is not None:
+            skipped.append((item, f"the name '{item.name}' is taken"))
+            continue
+        try:
+            model = build_model(item.name, item.parts, source=item.source, owned=False,
+                                sha256s=item.sha256s, repo=item.repo)
+        except ModelFileError as exc:
+            skipped.append((item, str(exc)))
+            continue
+        registry.put(model)
+        imported.append(model)
+        known_ids.update({_identity(p): item.name for p in item.parts})
+        known_shas.update({s: item.name for s in item.sha256s if s})
+    return ScanResult(tuple(imported), tuple(skipped))
+
+
+def _scan_hf_cache() -> list[FoundModel]:
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    from localr1.hub import hf_cache_dir
+
+    try:
+        info = scan_cache_dir(hf_cache_dir())
+    except (CacheNotFound, OSError):
+        return []
+    found: dict[tuple[str, str], tuple[float, FoundModel]] = {}
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        for revision in repo.revisions:
+            by_name = {f.file_name: f for f in revision.files}
+            for cached in revision.files:
+                if not _is_model_gguf(cached.file_name) or _is_later_part(cached.file_name):
+                    continue
+                parts = split_parts(cached.file_path)
+                shas = tuple(_sha_from_blob(by_name[p.name].blob_path) if p.name in by_name
+                             else None for p in parts)
+                relative = cached.file_path.relative_to(revision.snapshot_path).as_posix()
+                item = FoundModel(_hub_style_name(repo.repo_id, relative), parts, "hf-cache",
+                                  shas, repo.repo_id)
+                key = (repo.repo_id, relative)
+                if key not in found or revision.last_modified > found[key][0]:
+                    found[key] = (revision.last_modified, item)  # the newest revision wins
+    return _unique_names([item for _, item in found.values()])
+
+
+def _scan_lmstudio(home: Path) -> list[FoundModel]:
+    found = []
+    for root in (home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.gguf")):
+            if not _is_model_gguf(path.name) or _is_later_part(path.name):
+                continue
+            relative = path.relative_to(root).parts
+            repo = "/".join(relative[:2]) if len(relative) >= 3 else None
+            name = _hub_style_name(repo, "/".join(relative[2:])) if repo else \
+                _default_name(path)
+            parts = split_parts(path)
+            found.append(FoundModel(name, parts, "lmstudio", (None,) * len(parts), repo))
+    return _unique_names(found)
+
+
+OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
+
+
+def _scan_ollama(home: Path) -> list[FoundModel]:
+    root = Path(os.environ["OLLAMA_MODELS"]).expanduser() if os.environ.get("OLLAMA_MODELS") \
+        else home / ".ollama" / "models"
+    manifests = root / "manifests"
+    if not manifests.is_dir():
+        return []
+    found = []
+    for manifest in sorted(p for p in manifests.rglob("*") if p.is_file()):
+        try:
+            layers = json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        digest = next((layer.get("digest") for layer in layers if isinstance(layer, dict)
+                       and layer.get("mediaType") == OLLAMA_MODEL_LAYER), None)
+        if not isinstance(digest, str) or not digest.startswith("sha256:"):
+            continue
+        sha = digest.removeprefix("sha256:")
+        blob = root / "blobs" / f"sha256-{sha}"
+        if not blob.is_file():
+            blob = root / "blobs" / digest  # older Ollama versions kept the colon
+        if not blob.is_file():
+            continue
+        found.append(FoundModel(_ollama_name(manifest.relative_to(manifests).parts), (blob,),
+                                "ollama", (sha if _SHA256.match(sha) else None,)))
+    return _unique_names(found)
+
+
+def _ollama_name(parts: tuple[str, ...]) -> str:
+    """manifests/registry.ollama.ai/library/deepseek-r1/7b -> 'deepseek-r1:7b'."""
+    *where, model, tag = parts
+    if where[:2] == ["registry.ollama.ai", "library"]:
+        where = where[2:]
+    elif where[:1] == ["registry.ollama.ai"]:
+        where = where[1:]
+    return "/".join([*where, model]) + f":{tag}"
+
+
+def _hub_style_name(repo: str, file_path: str) -> str:
+    from localr1.hub import quant_from_filename
+
+    quant = quant_from_filename(file_path)
+    return f"{repo}:{quant}" if quant else f"{repo}/{file_path}"
+
+
+def _unique_names(found: list[FoundModel]) -> list[FoundModel]:
+    """Two files that would share a name: the second is named by its full path in the repo."""
+    seen: set[str] = set()
+    result = []
+    for item in found:
+        name = item.name
+        if name.lower() in seen:
+            name = f"{item.repo}/{item.parts[0].name}" if item.repo else \
+                f"{item.name}@{item.source}"
+        seen.add(name.lower())
+        result.append(replace(item, name=name))
+    return result
+
+
+def _is_model_gguf(filename: str) -> bool:
+    # Vision projectors ship as GGUFs next to the model but are not models themselves.
+    return filename.lower().endswith(".gguf") and not filename.lower().startswith("mmproj")
+
+
+def _is_later_part(filename: str) -> bool:
+    match = _SPLIT_NAME.match(filename.removesuffix(".gguf"))
+    return bool(match) and match["index"] != "00001"
+
+
+def _sha_from_blob(blob: Path) -> str | None:
+    return blob.name if _SHA256.match(blob.name) else None
+
+
+def _identity(path: Path) -> tuple[int, int] | Path:
+    """A file's (device, inode), so hard links and symlinks count as the same file."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return path.absolute()
+
+
+# ---- pull ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullResult:
+    model: InstalledModel
+    already_installed: bool
+    files: tuple[DownloadedFile, ...]
+
+
+def installed_copy(plan: PullPlan, models_dir: Path,
+                   registry: ModelRegistry | None = None) -> InstalledModel | None:
+    """The registered, still-verified install of exactly these files, if there is one."""
+    registry = registry or ModelRegistry.default()
+    model = registry.get(plan.name)
+    if model is None or len(model.files) != len(plan.files):
+        return None
+    for have, remote, path in zip(model.files, plan.files, plan.local_paths(models_dir),
+                                  strict=True):
+        if _identity(have.path) != _identity(path) or have.size != remote.size:
+            return None
+        if remote.sha256 and have.sha256 != remote.sha256:
+            return None
+        if not have.still_verified():
+            return None
+    return model
+
+
+def pull_model(plan: PullPlan, models_dir: Path, *, on_event: OnEvent | None = None,
+               options: DownloadOptions | None = None, cancel: threading.Event | None = None,
+               registry: ModelRegistry | None = None) -> PullResult:
+    """Download (or reuse) the plan's files, validate them, and register the model."""
+    from localr1.hub import DownloadOptions, download
+
+    registry = registry or ModelRegistry.default()
+    existing = installed_copy(plan, models_dir, registry)
+    if existing is not None:
+        return PullResult(existing, True, ())
+    files = download(plan, models_dir, on_event or (lambda _event: None),
+                     options or DownloadOptions(), cancel)
+    model = build_model(plan.name, tuple(f.path for f in files), source="pull", owned=True,
+                        sha256s=tuple(f.sha256 for f in files), verified=True, repo=plan.repo,
+                        catalog_name=plan.catalog_entry.name if plan.catalog_entry else None)
+    registry.put(model)
+    return PullResult(model, False, files)

@@ -1,0 +1,411 @@
+"""`localr1 pull | list | show | rm | import`: the models on disk and on the Hub.
+
+Thin, like cli.py: the work is in catalog, hub, library and fit; these commands print.
+Results go to stdout, progress and notes to stderr. Imports stay inside the commands so
+`localr1 --help` stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from localr1.catalog import Catalog, CatalogEntry
+    from localr1.fit import Fit, MachineMemory
+    from localr1.hub import PullPlan
+    from localr1.model_registry import InstalledModel
+
+
+# ---- pull ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True,
+              help="Do not ask before downloading a model that looks too large for this machine.")
+def pull(name: str, yes: bool) -> None:
+    """Download a model from the Hugging Face Hub, verified.
+
+    NAME is a catalog name (r1, r1:7b, r1:14b-q8_0; see `localr1 list --available`),
+    OWNER/REPO:QUANT or OWNER/REPO/FILE.gguf. An interrupted pull resumes where it stopped.
+
+    \b
+      localr1 pull r1:7b
+      localr1 pull bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF:Q6_K
+    """
+    from localr1.catalog import load_catalog
+    from localr1.fit import machine_memory
+    from localr1.hub import PullInterrupted, resolve_pull
+    from localr1.library import pull_model
+    from localr1.paths import app_paths
+    from localr1.pull_progress import PullProgressPrinter
+    from localr1.sizes import format_bytes
+
+    plan = resolve_pull(name, load_catalog())
+    fit = _plan_fit(plan, machine_memory())
+    parts = f", {len(plan.files)} parts" if len(plan.files) > 1 else ""
+    click.echo(f"{plan.name}: {plan.repo} ({format_bytes(plan.size_bytes)}{parts}); "
+               f"{_fit_text(fit)}", err=True)
+    if not fit.runs and not yes:
+        click.confirm(f"{plan.name} needs about {format_bytes(fit.needed_bytes)} of memory; "
+                      "download anyway?", abort=True, err=True)
+    printer = PullProgressPrinter()
+    try:
+        result = pull_model(plan, app_paths().models_dir, on_event=printer)
+    except PullInterrupted as exc:
+        printer.close()
+        click.echo(f"localr1: {exc}".replace("pull again", f"`localr1 pull {name}` again"),
+                   err=True)
+        sys.exit(130)
+    finally:
+        printer.close()
+    if result.already_installed:
+        click.echo(f"{plan.name} is already installed and verified: {result.model.path}")
+    else:
+        click.echo(f"pulled {plan.name}: {result.model.path}")
+
+
+def _plan_fit(plan: PullPlan, machine: MachineMemory) -> Fit:
+    from localr1.fit import ModelShape, assess, default_context_size, shape_from_catalog
+
+    entry = plan.catalog_entry
+    shape = shape_from_catalog(entry.model, plan.size_bytes) if entry else \
+        ModelShape(plan.size_bytes, None, None, None, None, None)
+    return assess(shape, default_context_size(), machine)
+
+
+def _fit_text(fit: Fit) -> str:
+    from localr1.sizes import format_bytes
+
+    kv = f"KV cache for {fit.n_ctx} tokens" if fit.kv_known else "KV cache unknown until " \
+        "downloaded"
+    return f"{fit.label} (needs about {format_bytes(fit.needed_bytes)}: weights, {kv})"
+
+
+# ---- list ------------------------------------------------------------------------------------
+
+
+@click.command("list")
+@click.option("--available", is_flag=True,
+              help="List the catalog instead, marking what is installed and the quant "
+                   "recommended for this machine.")
+@click.option("--json", "json_output", is_flag=True, help="Print JSON.")
+def list_models(available: bool, json_output: bool) -> None:
+    """List installed models (or, with --available, the catalog)."""
+    from localr1.fit import machine_memory
+    from localr1.library import list_models as installed
+    from localr1.paths import app_paths
+
+    machine = machine_memory()
+    if available:
+        from localr1.catalog import load_catalog
+
+        rows = _catalog_rows(load_catalog(), machine)
+        headers = ("NAME", "SIZE", "PARAMS", "FIT", "NOTES")
+    else:
+        rows = [_installed_row(m, machine) for m in installed(app_paths().models_dir)]
+        headers = ("NAME", "SIZE", "QUANT", "PARAMS", "FIT", "LAST USED")
+    if json_output:
+        click.echo(json.dumps([row["json"] for row in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no models installed; `localr1 list --available` shows what `localr1 pull` "
+                   "can fetch, `localr1 import --scan` finds GGUFs other apps downloaded",
+                   err=True)
+        return
+    _print_table(headers, [row["cells"] for row in rows])
+
+
+def _installed_row(model: InstalledModel, machine: MachineMemory) -> dict[str, Any]:
+    from localr1.fit import assess, default_context_size, shape_from_summary
+    from localr1.library import is_missing
+    from localr1.sizes import format_bytes
+
+    missing = is_missing(model)
+    fit = None if missing else assess(shape_from_summary(model.summary), default_context_size(),
+                                      machine)
+    label = "file missing" if fit is None else fit.label
+    summary = model.summary
+    cells = (model.name, format_bytes(model.size_bytes), summary.quant or "?",
+             format_parameters(summary.parameter_count), label, _ago(model.last_used))
+    data = {"name": model.name, "path": str(model.path), "size_bytes": model.size_bytes,
+            "quant": summary.quant, "parameters": summary.parameter_count,
+            "architecture": summary.architecture, "context_length": summary.context_length,
+            "fit": label, "needed_bytes": fit.needed_bytes if fit else None,
+            "last_used": _iso(model.last_used), "source": model.source, "repo": model.repo,
+            "sha256": model.sha256, "files": [str(f.path) for f in model.files]}
+    return {"cells": cells, "json": data}
+
+
+def _catalog_rows(catalog: Catalog, machine: MachineMemory) -> list[dict[str, Any]]:
+    from localr1.fit import assess_catalog_entry, default_context_size, recommended_entries
+    from localr1.hub import local_path
+    from localr1.library import list_models as installed_models
+    from localr1.paths import app_paths
+    from localr1.sizes import format_bytes
+
+    n_ctx = default_context_size()
+    entries = catalog.entries()
+    recommended = recommended_entries(entries, n_ctx, machine)
+    models_dir = app_paths().models_dir
+    on_disk = {m.catalog_name or m.name for m in installed_models(models_dir)}
+    aliases = {}
+    for alias, target in catalog.aliases:
+        found = catalog.find(target)
+        if found:
+            aliases.setdefault(found.name, []).append(alias)
+    rows = []
+    for entry in entries:
+        fit = assess_catalog_entry(entry, n_ctx, machine)
+        installed = entry.name in on_disk or \
+            local_path(models_dir, entry.repo, entry.files[0]).is_file()
+        also = ([entry.model.name] if entry.is_default_quant else []) + \
+            aliases.get(entry.name, [])
+        notes = [f"= {', '.join(also)}"] if also else []
+        notes += ["installed"] if installed else []
+        notes += ["recommended"] if entry.name in recommended else []
+        cells = (entry.name, format_bytes(entry.size_bytes), entry.model.parameters, fit.label,
+                 "  ".join(notes))
+        data = {"name": entry.name, "model": entry.model.name, "quant": entry.quant.quant,
+                "also": also, "repo": entry.repo, "files": list(entry.files),
+                "size_bytes": entry.size_bytes, "parameters": entry.model.parameters,
+                "architecture": entry.model.architecture,
+                "context_length": entry.model.context_length, "license": entry.model.license,
+                "fit": fit.label, "needed_bytes": fit.needed_bytes, "installed": installed,
+                "recommended": entry.name in recommended}
+        rows.append({"cells": cells, "json": data})
+    return rows
+
+
+def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for row in (headers, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                   .rstrip())
+
+
+def format_parameters(count: int) -> str:
+    """19_500_000 -> '19.5M', 7_615_616_512 -> '7.6B'."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
+def _ago(when: float | None) -> str:
+    if when is None:
+        return "never"
+    from localr1.pull_progress import format_duration
+
+    seconds = max(0.0, time.time() - when)
+    return "just now" if seconds < 60 else f"{format_duration(seconds)} ago"
+
+
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(when))
+
+
+# ---- show ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "json_output", is_flag=True, help="Print JSON.")
+@click.option("--hash", "compute_hash", is_flag=True,
+              help="Compute the sha256 if it was never recorded (reads the whole file).")
+def show(name: str, json_output: bool, compute_hash: bool) -> None:
+    """Show a model: path, sha256, GGUF metadata, chat template, fit (or its catalog entry)."""
+    from localr1.catalog import load_catalog
+    from localr1.fit import machine_memory
+    from localr1.library import find_installed
+    from localr1.paths import app_paths
+
+    catalog = load_catalog()
+    paths = app_paths()
+    model = find_installed(name, paths.models_dir, catalog=catalog)
+    machine = machine_memory()
+    if model is None:
+        entry = catalog.find(name)
+        if entry is None:
+            _raise_unknown(name, paths.models_dir, catalog)
+        fields = _catalog_fields(entry, machine)
+    else:
+        fields = _installed_fields(model, machine, catalog, compute_hash)
+    if json_output:
+        click.echo(json.dumps(fields, indent=2))
+        return
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        click.echo(f"{key.replace('_', ' '):<{width}}  {'-' if value is None else value}")
+
+
+def _raise_unknown(name: str, models_dir: Path, catalog: Catalog) -> NoReturn:
+    from localr1.catalog import UnknownModelError, nearest_hint
+    from localr1.library import list_models as installed
+
+    names = [m.name for m in installed(models_dir)] + catalog.names()
+    raise UnknownModelError(f"unknown model '{name}'{nearest_hint(name, names)}")
+
+
+def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Catalog,
+                      compute_hash: bool) -> dict[str, Any]:
+    from localr1.fit import assess, default_context_size, shape_from_summary
+    from localr1.gguf_header import read_gguf_header
+    from localr1.sizes import format_bytes
+
+    header = read_gguf_header(model.path)
+    summary = model.summary
+    sha256 = model.sha256
+    if sha256 is None and compute_hash and len(model.files) == 1:
+        sha256 = _sha256_file(model.path)
+    fit = assess(shape_from_summary(summary), default_context_size(), machine)
+    entry = catalog.find(model.catalog_name) if model.catalog_name else None
+    fields: dict[str, Any] = {
+        "name": model.name,
+        "path": str(model.path),
+        "files": [str(f.path) for f in model.files] if len(model.files) > 1 else None,
+        "size": format_bytes(model.size_bytes),
+        "sha256": sha256 or ("per part: " + ", ".join(f.sha256 or "?" for f in model.files)
+                             if len(model.files) > 1 else "not recorded (--hash computes it)"),
+        "source": model.source + (f" ({model.repo})" if model.repo else ""),
+        "architecture": summary.architecture,
+        "parameters": f"{format_parameters(summary.parameter_count)} "
+                      f"({summary.parameter_count:,})",
+        "quant": summary.quant,
+        "context_length": summary.context_length,
+        "layers": summary.n_layers,
+        "chat_template": chat_template_variant(header.chat_template),
+        "fit": f"{fit.label} (about {format_bytes(fit.needed_bytes)} at {fit.n_ctx} tokens)",
+        "last_used": _ago(model.last_used),
+    }
+    if entry is not None:
+        fields["license"] = entry.model.license
+        fields["sampling"] = f"temperature {entry.model.temperature}, top_p {entry.model.top_p}"
+    return {k: v for k, v in fields.items() if v is not None or k in ("quant", "context_length")}
+
+
+def _catalog_fields(entry: CatalogEntry, machine: MachineMemory) -> dict[str, Any]:
+    from localr1.fit import assess_catalog_entry, default_context_size
+    from localr1.sizes import format_bytes
+
+    model = entry.model
+    fit = assess_catalog_entry(entry, default_context_size(), machine)
+    return {
+        "name": entry.name,
+        "installed": f"no (localr1 pull {entry.name})",
+        "title": model.title,
+        "based_on": model.based_on,
+        "repo": entry.repo,
+        "files": list(entry.files),
+        "size": f"about {format_bytes(entry.size_bytes)}",
+        "architecture": model.architecture,
+        "parameters": model.parameters,
+        "quant": entry.quant.quant,
+        "context_length": model.context_length,
+        "license": model.license,
+        "sampling": f"temperature {model.temperature}, top_p {model.top_p}",
+        "fit": f"{fit.label} (about {format_bytes(fit.needed_bytes)} at {fit.n_ctx} tokens)",
+    }
+
+
+def chat_template_variant(template: str | None) -> str:
+    """Which prompt format the GGUF's template is, in words."""
+    if not template:
+        return "none in the GGUF (inferred from the vocabulary when loaded)"
+    if "<｜Assistant｜>" in template:
+        if "<｜Assistant｜><think>" in template:
+            return "DeepSeek-R1, think prefill (the prompt ends in <think>)"
+        return "DeepSeek-R1, original (the model opens <think> itself)"
+    if "<|im_start|>" in template:
+        return "ChatML"
+    if "<|start_header_id|>" in template:
+        return "Llama 3"
+    return f"other ({len(template)} characters)"
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- rm --------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def rm(name: str, yes: bool) -> None:
+    """Remove an installed model: delete what `pull` downloaded, forget what was imported."""
+    from localr1.catalog import load_catalog
+    from localr1.library import find_installed, remove_model
+    from localr1.paths import app_paths
+    from localr1.sizes import format_bytes
+
+    catalog = load_catalog()
+    models_dir = app_paths().models_dir
+    model = find_installed(name, models_dir, catalog=catalog)
+    if model is None:
+        entry = catalog.find(name)
+        if entry is not None:
+            from localr1.errors import ModelFileError
+
+            raise ModelFileError(f"model '{entry.name}' is not installed")
+        _raise_unknown(name, models_dir, catalog)
+    what = f"delete {model.name} ({format_bytes(model.size_bytes)}, {model.path})" \
+        if model.owned else f"forget {model.name} (imported; {model.path} stays on disk)"
+    if not yes:
+        click.confirm(f"{what[0].upper()}{what[1:]}?", abort=True, err=True)
+    removed = remove_model(model, models_dir)
+    if removed.deleted:
+        click.echo(f"deleted {model.name} ({format_bytes(model.size_bytes)} freed)")
+    else:
+        click.echo(f"forgot {model.name}; {model.path} was left in place")
+
+
+# ---- import ----------------------------------------------------------------------------------
+
+
+@click.command("import")
+@click.argument("path", required=False, type=click.Path(dir_okay=True, path_type=str))
+@click.option("--name", help="Name to register it under (default: the file name).")
+@click.option("--copy", is_flag=True, help="Copy the file into the models folder.")
+@click.option("--scan", is_flag=True,
+              help="Find GGUFs in the Hugging Face cache, LM Studio and Ollama, and register "
+                   "them all (no copies).")
+def import_models(path: str | None, name: str | None, copy: bool, scan: bool) -> None:
+    """Register a GGUF already on disk (no copy by default), or --scan for them."""
+    from localr1.library import import_found, import_model, scan_sources
+    from localr1.paths import app_paths
+    from localr1.sizes import format_bytes
+
+    if scan == bool(path):
+        raise click.UsageError("give a PATH to a .gguf file, or --scan")
+    if scan:
+        if name or copy:
+            raise click.UsageError("--name and --copy go with a PATH, not with --scan")
+        result = import_found(scan_sources())
+        for model in result.imported:
+            click.echo(f"imported {model.name} ({model.source}, "
+                       f"{format_bytes(model.size_bytes)}): {model.path}")
+        for item, why in result.skipped:
+            click.echo(f"skipped {item.parts[0]}: {why}", err=True)
+        click.echo(f"{len(result.imported)} imported, {len(result.skipped)} skipped", err=True)
+        return
+    model = import_model(Path(path), name, copy=copy, models_dir=app_paths().models_dir)
+    how = "copied into the models folder" if copy else "registered in place"
+    click.echo(f"imported {model.name} ({format_bytes(model.size_bytes)}, {how}): {model.path}")
