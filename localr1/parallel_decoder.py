@@ -98,6 +98,9 @@ class ParallelDecoder:
         self._n_vocab = llm.n_vocab()
         self._detokenize = llm.detokenize
         self._close_tokens = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
+        # What each sequence's KV cache holds: a new request reuses the common prefix (chat
+        # templates start every prompt the same way), as llama-server's slots do.
+        self._cached: dict[int, list[int]] = {}
 
     def close(self) -> None:
         if self._ctx:
@@ -159,11 +162,19 @@ class ParallelDecoder:
             seed = random.getrandbits(31)
         room = self.n_ctx_per_sequence - len(request.prompt_tokens)
         max_new = min(room, params.max_tokens) if params.max_tokens > 0 else room
+        prompt = request.prompt_tokens
+        cached = self._cached.setdefault(seq_id, [])
+        reuse = 0
+        for a, b in zip(cached, prompt[:-1], strict=False):  # feed at least one token
+            if a != b:
+                break
+            reuse += 1
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, reuse, -1)
+        del cached[reuse:]
         slot = _Slot(seq_id=seq_id, request=request, sampler=self._sampler(params, seed),
-                     pending=list(request.prompt_tokens), max_new=max_new,
+                     pending=list(prompt[reuse:]), max_new=max_new, n_past=reuse,
                      started=time.perf_counter(),
                      splitter=ThinkSplitter(start_in_reasoning=request.start_in_reasoning))
-        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
         if params.reasoning_budget == 0 and slot.splitter.in_reasoning:
             self._inject_close(slot, None)
         return slot
@@ -196,6 +207,7 @@ class ParallelDecoder:
             take = min(len(slot.pending), self.n_batch - n)
             if take <= 0:
                 continue
+            self._cached[slot.seq_id].extend(slot.pending[:take])
             for token in slot.pending[:take]:
                 batch.token[n] = token
                 batch.pos[n] = slot.n_past
@@ -257,8 +269,7 @@ class ParallelDecoder:
     def _release(self, slot: _Slot, reason: FinishReason, sink: EventSink,
                  slots: dict[int, _Slot], free_ids: deque[int]) -> None:
         del slots[slot.seq_id]
-        self._llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        free_ids.append(slot.seq_id)
+        free_ids.append(slot.seq_id)  # its KV cache stays, for the next request's prefix
         self._finish(slot, reason, sink)
 
     def _finish(self, slot: _Slot, reason: FinishReason, sink: EventSink) -> None:
