@@ -23,10 +23,24 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.version_option(__version__, prog_name="localr1")
-def cli() -> None:
-    """Local-first chat for DeepSeek-R1 distilled models."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Local-first chat for DeepSeek-R1 distilled models. Without a command: `localr1 chat`."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(chat)
+
+
+@cli.command()
+@click.argument("conversation_id", type=int, required=False)
+@click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
+def chat(conversation_id: int | None, model: str | None) -> None:
+    """Chat in the terminal UI (optionally reopening CONVERSATION_ID)."""
+    from localr1.tui.app import run_chat
+
+    run_chat(model, conversation_id)
 
 
 def main() -> None:

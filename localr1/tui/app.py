@@ -1,0 +1,338 @@
+"""The Textual app: owns the services (store, engine, settings), loads models in a worker,
+and hosts the chat screen. `run_chat` is the entry point of `localr1 chat`.
+
+Tests build `LocalR1App(store=..., model_path=..., settings=...)` (or pass a loaded `engine`)
+and drive it with `App.run_test()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from localr1.config import Settings, load_settings
+from localr1.engine import Engine, EngineConfig
+from localr1.errors import LocalR1Error
+from localr1.library import installed_models, mark_used, resolve_model
+from localr1.paths import AppPaths, app_paths
+from localr1.store import Conversation, Store
+from localr1.tui.conversation_settings import ConversationSettings
+from localr1.tui.messages import ModelLoaded, ModelLoadFailed
+from localr1.tui.prefs import TuiPrefs
+from localr1.tui.screens.chat import ChatScreen
+from localr1.tui.screens.help import HelpScreen
+from localr1.tui.screens.models import ModelsScreen
+from localr1.tui.screens.welcome import WelcomeScreen
+from localr1.tui.terminal_driver import terminal_driver_class
+
+ModelState = Literal["none", "loading", "ready", "failed"]
+SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
+
+
+def model_label_for(path: Path, models_dir: Path) -> str:
+    """How a model is named in the history: its library name, or its path if it has none."""
+    try:
+        from localr1.model_registry import ModelRegistry
+
+        registered = ModelRegistry.default().find_path(path)
+        if registered is not None:
+            return registered.name
+    except (LocalR1Error, OSError, ValueError):
+        pass
+    for name, installed in installed_models(models_dir).items():
+        if installed == path:
+            return name
+    return str(path)
+
+
+class LocalR1App(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "localr1"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("ctrl+l", "models", "Models"),
+        Binding("f1", "help", "Keys"),
+    ]
+
+    def __init__(self, *, store: Store | Path | None = None, engine: Engine | None = None,
+                 model_path: Path | None = None, model_label: str | None = None,
+                 settings: Settings | None = None, conversation_id: int | None = None,
+                 paths: AppPaths | None = None, prefs: TuiPrefs | None = None,
+                 show_timings: bool = True) -> None:
+        super().__init__(driver_class=terminal_driver_class())
+        self.paths = paths or app_paths()
+        self.settings = settings or Settings()
+        self._owns_store = not isinstance(store, Store)
+        self.store = store if isinstance(store, Store) else Store.open(store or
+                                                                       self.paths.db_path)
+        self.prefs = prefs if prefs is not None else TuiPrefs.load(self._prefs_path)
+        self.show_timings = show_timings
+        self.engine = engine
+        self._owns_engine = engine is None
+        self.model_path = model_path or (engine.info.path if engine is not None else None)
+        self.model_label = model_label or (model_label_for(self.model_path,
+                                                           self.paths.models_dir)
+                                           if self.model_path else "unknown model")
+        self.engine_config: EngineConfig | None = None  # None: injected, do not reload it
+        self._last_good_config: EngineConfig | None = None
+        self.model_state: ModelState = "ready" if engine is not None else "none"
+        self.model_problem: str | None = None
+        self.loading_label: str | None = None
+        self.conversation_id = conversation_id
+        self.new_chat_settings: ConversationSettings | None = None
+        self._settings_overrides: dict[int, ConversationSettings] = {}
+        self.chat: ChatScreen | None = None
+
+    @property
+    def _prefs_path(self) -> Path:
+        return self.paths.data_dir / "tui.json"
+
+    # ---- start-up --------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.chat = ChatScreen(self.conversation_id)
+        self.push_screen(self.chat)
+        if self.engine is None and self.model_path is not None:
+            conversation = self._initial_conversation()
+            self.load_model(self.settings_for(conversation).engine_config(self.model_path,
+                                                                          self.settings))
+        elif self.engine is None:
+            self.push_screen(WelcomeScreen(self.paths.models_dir), self._welcome_done)
+
+    def _initial_conversation(self) -> Conversation | None:
+        if self.conversation_id is None:
+            return None
+        try:
+            return self.store.conversation(self.conversation_id)
+        except LocalR1Error:
+            return None
+
+    def _welcome_done(self, path: Path | None) -> None:
+        if path is None:
+            self.model_problem = "no model — ctrl+l: models"
+            self._tell_chat()
+            return
+        self.use_model(path)
+
+    # ---- models ----------------------------------------------------------------------------
+
+    def use_model(self, path: Path) -> None:
+        """Switch to the model at `path` (for this conversation and the next ones)."""
+        if self.chat is not None and self.chat.turn is not None:
+            self.notify("A reply is still streaming: esc stops it first.", severity="warning")
+            return
+        settings = self.chat.conv_settings if self.chat and self.chat.conv_settings else \
+            ConversationSettings.defaults(self.settings)
+        self.load_model(settings.engine_config(path, self.settings))
+
+    def load_model(self, config: EngineConfig) -> None:
+        self.model_state = "loading"
+        self.loading_label = config.model_path.name
+        self._tell_chat()
+        self._load(config, self.engine if self._owns_engine else None)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def _load(self, config: EngineConfig, previous: Engine | None) -> None:
+        # Free the old model first: two big models at once may not fit in memory.
+        if previous is not None:
+            self.engine = None
+            previous.close()
+        try:
+            engine = Engine.load(config)
+        except LocalR1Error as exc:
+            self.post_message(ModelLoadFailed(config, str(exc)))
+        except Exception as exc:  # llama.cpp can raise anything; report it, keep running
+            self.post_message(ModelLoadFailed(config, f"{type(exc).__name__}: {exc}"))
+        else:
+            with contextlib.suppress(Exception):  # "last used" in the model list; a nicety
+                mark_used(config.model_path)
+            self.post_message(ModelLoaded(engine, config, config.model_path.name))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.engine = message.engine
+        self._owns_engine = True
+        self.engine_config = self._last_good_config = message.config
+        self.model_path = message.config.model_path
+        self.model_label = model_label_for(self.model_path, self.paths.models_dir)
+        self.model_state = "ready"
+        self.model_problem = None
+        self._tell_chat()
+
+    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.model_state = "failed"
+        self.model_problem = f"could not load {message.config.model_path.name} — ctrl+l: models"
+        self.notify(message.error, title="Model not loaded", severity="error", markup=False,
+                    timeout=15)
+        fallback = self._last_good_config
+        if self.engine is None and fallback is not None and fallback != message.config:
+            # The old model was closed to make room; bring it back rather than leave none.
+            self.notify(f"Back to {fallback.model_path.name}.", markup=False)
+            self.load_model(fallback)
+            return
+        if self.engine is None and not installed_models(self.paths.models_dir) \
+                and not isinstance(self.screen, WelcomeScreen):
+            self.push_screen(WelcomeScreen(self.paths.models_dir, message.error),
+                             self._welcome_done)
+        self._tell_chat()
+
+    def _tell_chat(self) -> None:
+        if self.chat is not None and self.chat.is_mounted:
+            self.chat.model_changed()
+
+    def action_models(self) -> None:
+        if isinstance(self.screen, ModelsScreen):
+            return
+
+        def chosen(path: Path | None) -> None:
+            if path is not None and path != self.model_path or \
+                    (path is not None and self.engine is None):
+                self.use_model(path)
+
+        self.push_screen(ModelsScreen(self.paths.models_dir, self.model_path), chosen)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # ---- settings --------------------------------------------------------------------------
+
+    @property
+    def can_save_params(self) -> bool:
+        return hasattr(self.store, "set_params")
+
+    @property
+    def can_save_system_prompt(self) -> bool:
+        return hasattr(self.store, "set_system_prompt")
+
+    def settings_for(self, conversation: Conversation | None) -> ConversationSettings:
+        if conversation is None:
+            return self.new_chat_settings or ConversationSettings.defaults(self.settings)
+        override = self._settings_overrides.get(conversation.id)
+        return override or ConversationSettings.of(conversation, self.settings)
+
+    def save_conversation_settings(self, conversation: Conversation,
+                                   settings: ConversationSettings) -> None:
+        """Saved with the conversation where the store can; in memory until it can."""
+        try:
+            if self.can_save_params:
+                self.store.set_params(conversation.id, settings.params_json(self.settings))
+            if self.can_save_system_prompt and settings.system_prompt != \
+                    conversation.system_prompt:
+                self.store.set_system_prompt(conversation.id, settings.system_prompt)
+        except LocalR1Error as exc:
+            self.notify(str(exc), severity="error", markup=False)
+        self._settings_overrides[conversation.id] = settings
+
+    def set_keep_reasoning_open(self, value: bool) -> None:
+        self.prefs.keep_reasoning_open = value
+        try:
+            self.prefs.save(self._prefs_path)
+        except OSError as exc:
+            self.notify(f"Could not save the preference: {exc}", severity="warning",
+                        markup=False)
+
+    # ---- command palette -------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat = self.chat
+        if chat is None or screen is not chat:
+            return
+        commands = [
+            ("New chat", "Start a new conversation (ctrl+n)", chat.action_new_chat),
+            ("Stop generating", "Keep the partial answer, marked stopped (esc)",
+             chat.action_stop),
+            ("Regenerate", "A new answer to the last message; the old one stays (ctrl+r)",
+             chat.action_regenerate),
+            ("Edit last message", "Change your last message and resend it (ctrl+g)",
+             chat.action_edit_last),
+            ("Previous answer version", "alt+left",
+             lambda: chat.action_answer_version(-1)),
+            ("Next answer version", "alt+right", lambda: chat.action_answer_version(1)),
+            ("Previous version of my message", "alt+up",
+             lambda: chat.action_prompt_version(-1)),
+            ("Next version of my message", "alt+down",
+             lambda: chat.action_prompt_version(1)),
+            ("Copy answer", "Copy the last answer to the clipboard (ctrl+b)",
+             chat.action_copy_answer),
+            ("Toggle reasoning", "Open or close the last answer's reasoning (ctrl+t)",
+             chat.action_toggle_reasoning),
+            ("Search history", "Focus the search box (ctrl+f)", chat.action_focus_search),
+            ("Toggle sidebar", "Show or hide the conversation list (ctrl+\\)",
+             chat.action_toggle_sidebar),
+            ("Rename conversation", "f2", chat.action_rename),
+            ("Pin or unpin conversation", "f3", chat.action_pin),
+            ("Delete conversation", "With confirmation (f8)", chat.action_delete),
+            ("Export to Markdown", "Write the conversation to a .md file (ctrl+s)",
+             chat.action_export),
+            ("Conversation settings", "Temperature, top p, context, system prompt… (f4)",
+             chat.action_settings),
+            ("Models", "Installed models: use one, delete one (ctrl+l)", self.action_models),
+            ("Keys", "Every key binding (f1)", self.action_help),
+        ]
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+        for index in range(chat.code_block_count()):
+            yield SystemCommand(f"Copy code block {index + 1}",
+                                "From the last answer (ctrl+o cycles through them)",
+                                lambda i=index: chat.action_copy_code(i))
+
+    # ---- shutdown --------------------------------------------------------------------------
+
+    def on_unmount(self) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop a running turn (its partial answer is saved as stopped), then close what this
+        app opened. Safe to call twice."""
+        turn = self.chat.turn if self.chat is not None else None
+        if turn is not None:
+            turn.cancel.set()
+            turn.done.wait(SHUTDOWN_WAIT_SECONDS)
+        if self._owns_engine and self.engine is not None and \
+                (turn is None or turn.done.is_set()):
+            with contextlib.suppress(Exception):
+                self.engine.close()
+            self.engine = None
+        if self._owns_store and (turn is None or turn.done.is_set()):
+            self.store.close()
+
+
+def run_chat(model: str | None = None, conversation_id: int | None = None) -> None:
+    """`localr1 chat [--model NAME|PATH] [CONVERSATION_ID]`: resolve the model, open the
+    history and run the TUI. Raises LocalR1Error (one line) for a bad model or id."""
+    paths = app_paths()
+    settings = load_settings(paths.config_file)
+    store = Store.open(paths.db_path)
+    try:
+        conversation = store.conversation(conversation_id) if conversation_id is not None \
+            else None
+        model_path = _choose_model(model, conversation, settings, paths)
+        app = LocalR1App(store=store, model_path=model_path, settings=settings,
+                         conversation_id=conversation_id, paths=paths)
+        app.run()
+        app.shutdown()
+    finally:
+        store.close()
+
+
+def _choose_model(model: str | None, conversation: Conversation | None, settings: Settings,
+                  paths: AppPaths) -> Path | None:
+    """--model, else the conversation's model, else default_model, else an installed one;
+    None (the welcome screen) when there is none."""
+    if model:
+        return resolve_model(model, paths.models_dir)
+    if conversation is not None and conversation.model:
+        with contextlib.suppress(LocalR1Error):
+            return resolve_model(conversation.model, paths.models_dir)
+    if settings.default_model:
+        return resolve_model(settings.default_model, paths.models_dir)
+    installed = installed_models(paths.models_dir)
+    return next(iter(installed.values()), None)

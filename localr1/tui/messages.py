@@ -1,0 +1,63 @@
+"""Typed messages that thread workers post back to the event loop.
+
+Workers never touch widgets: they call the core and post one of these (`post_message` is
+thread-safe); handlers on the app or the chat screen update the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from localr1.chat_session import TurnSaved
+from localr1.engine import Engine, EngineConfig, TurnStats
+
+
+@dataclass
+class ModelLoaded(Message):
+    engine: Engine
+    config: EngineConfig
+    label: str
+
+
+@dataclass
+class ModelLoadFailed(Message):
+    config: EngineConfig
+    error: str
+
+
+@dataclass
+class ContextWasTrimmed(Message):
+    turn_id: int
+    dropped_messages: int
+
+
+@dataclass
+class TurnEnded(Message):
+    """Generation is over (finished, stopped or cut off) and the answer is saved."""
+
+    turn_id: int
+    stats: TurnStats | None
+    saved: TurnSaved | None
+
+
+@dataclass
+class TurnFailed(Message):
+    """The turn raised: the message is one line for a notification."""
+
+    turn_id: int
+    error: str
+
+
+@dataclass
+class SearchResults(Message):
+    query: str
+    hits: list  # list[localr1.store.SearchHit]
+
+
+@dataclass
+class ModelDetails(Message):
+    """The installed models, listed in a worker (headers of big GGUFs are slow to read)."""
+
+    rows: list  # list[localr1.tui.screens.models.ModelRow]

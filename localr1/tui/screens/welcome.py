@@ -1,0 +1,105 @@
+"""First run without a model: how to get one, and a box to type the path of a GGUF.
+
+Dismisses with the model's path (the app then loads it), or None to browse the history
+without a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Input, Static
+
+from localr1.errors import LocalR1Error
+from localr1.library import installed_models, resolve_model
+
+
+class WelcomeScreen(Screen[Path | None]):
+    DEFAULT_CSS = """
+    WelcomeScreen { align: center middle; }
+    WelcomeScreen > VerticalScroll { width: 90; max-width: 100%; height: auto; max-height: 100%;
+        border: thick $primary; padding: 1 2; }
+    WelcomeScreen .title { text-style: bold; color: $text-primary; margin-bottom: 1; }
+    WelcomeScreen .hint { margin-bottom: 1; }
+    WelcomeScreen .path { color: $text-accent; margin-bottom: 1; }
+    WelcomeScreen #error { color: $text-error; height: auto; }
+    WelcomeScreen Horizontal { height: auto; }
+    WelcomeScreen #model_path { width: 1fr; }
+    WelcomeScreen #pull { margin-top: 1; }
+    """
+    BINDINGS = [Binding("escape", "browse", "Browse history without a model"),
+                Binding("ctrl+r", "rescan", "Look in the models folder again")]
+
+    def __init__(self, models_dir: Path, problem: str | None = None) -> None:
+        super().__init__()
+        self.models_dir = models_dir
+        self.problem = problem
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static("Welcome to localr1", classes="title")
+            yield Static("localr1 chats with DeepSeek-R1 distilled models running on this "
+                         "computer, offline. There is no model here yet.", classes="hint")
+            yield Static(Content.assemble(
+                ("Download the default model", "bold"), " in another terminal:\n    ",
+                ("localr1 pull r1", "bold $text-accent"),
+                "\nthen press ctrl+r here (it looks in the models folder again)."),
+                classes="hint")
+            yield Static(Content.assemble(
+                ("Or use a GGUF you already have", "bold"),
+                ": copy it into the models folder, or type its path below."), classes="hint")
+            yield Static(Content(str(self.models_dir)), classes="path")
+            with Horizontal():
+                yield Input(placeholder="/path/to/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf",
+                            id="model_path")
+                yield Button("Use this file", id="use", variant="primary")
+            yield Static(Content(self.problem or ""), id="error")
+            # HOOK(pull): when the catalog/downloader land, this button pulls the default
+            # model in place: name, size and fit label on the button, a ProgressBar fed by
+            # PullProgress messages from a thread worker (cancel/resume), then
+            # self.dismiss(path). Wire it in `action_pull`.
+            yield Button("Download the default model here (coming soon)", id="pull",
+                         disabled=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#model_path", Input).focus()
+
+    @on(Input.Submitted, "#model_path")
+    @on(Button.Pressed, "#use")
+    def _use(self) -> None:
+        text = self.query_one("#model_path", Input).value.strip()
+        if not text:
+            self._error("type the path of a .gguf file")
+            return
+        try:
+            path = resolve_model(text, self.models_dir)
+        except LocalR1Error as exc:
+            self._error(str(exc))
+            return
+        self.dismiss(path)
+
+    @on(Button.Pressed, "#pull")
+    def action_pull(self) -> None:
+        # HOOK(pull): start the download of the default model here.
+        self.notify("Downloading from the TUI is not wired yet: run `localr1 pull r1`.",
+                    markup=False)
+
+    def action_rescan(self) -> None:
+        models = installed_models(self.models_dir)
+        if not models:
+            self._error(f"still no .gguf file in {self.models_dir}")
+            return
+        self.dismiss(next(iter(models.values())))
+
+    def action_browse(self) -> None:
+        self.dismiss(None)
+
+    def _error(self, text: str) -> None:
+        self.query_one("#error", Static).update(Content(text))

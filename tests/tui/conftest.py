@@ -1,0 +1,92 @@
+"""Fixtures for the TUI tests: a store per test, engines loaded once, and Pilot helpers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from localr1.config import Settings
+from localr1.engine import Engine, EngineConfig
+from localr1.paths import app_paths
+from localr1.store import Store
+from localr1.tui.app import LocalR1App
+from localr1.tui.prefs import TuiPrefs
+
+SIZE = (120, 40)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.open(tmp_path / "history.db") as opened:
+        yield opened
+
+
+@pytest.fixture(scope="session")
+def prefill_engine(r1_prefill_model: Path):
+    """One loaded scripted model shared by the tests that do not test loading."""
+    engine = Engine.load(EngineConfig(r1_prefill_model, context_size=4096, gpu_layers=0))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def make_app(store: Store) -> Callable[..., LocalR1App]:
+    def make(**kwargs) -> LocalR1App:
+        kwargs.setdefault("store", store)
+        kwargs.setdefault("settings", Settings(gpu_layers=0))
+        kwargs.setdefault("prefs", TuiPrefs())
+        kwargs.setdefault("paths", app_paths())
+        return LocalR1App(**kwargs)
+
+    return make
+
+
+async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 60.0,
+                   what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+async def wait_ready(pilot) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.chat is not None and app.chat.is_mounted
+                   and app.model_state in ("ready", "failed"), what="the model")
+
+
+async def wait_turn(pilot, after: int) -> None:
+    """Until turn number `after + 1` (or a later one) has started, ended and rendered."""
+    chat = pilot.app.chat
+    await wait_for(pilot, lambda: chat._turn_seq > after and chat.turn is None,
+                   what="the turn to end")
+    await pilot.pause()
+
+
+async def press_and_wait_turn(pilot, *keys: str) -> None:
+    seq = pilot.app.chat._turn_seq
+    await pilot.press(*keys)
+    await wait_turn(pilot, seq)
+
+
+async def send(pilot, text: str) -> None:
+    chat = pilot.app.chat
+    chat.prompt.focus()
+    chat.prompt.text = text
+    await press_and_wait_turn(pilot, "enter")
+
+
+def markdown_text(widget) -> str:
+    """The plain text a Markdown-based widget shows (its blocks' rendered content)."""
+    from textual.widgets._markdown import MarkdownBlock
+
+    parts = []
+    for block in widget.query(MarkdownBlock):
+        content = getattr(block, "_content", None)
+        if content is not None:
+            parts.append(content.plain)
+    return "\n".join(parts)

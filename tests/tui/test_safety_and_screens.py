@@ -1,0 +1,213 @@
+"""Literal model text, errors that leave the app usable, and the other screens."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from textual.widgets import Input, OptionList
+
+from localr1.paths import app_paths
+from localr1.tui.prefs import TuiPrefs
+from localr1.tui.screens.models import ModelsScreen
+from localr1.tui.screens.settings import SettingsScreen
+from localr1.tui.screens.welcome import WelcomeScreen
+from localr1.tui.widgets.message_view import AssistantMessage, UserMessage
+from tests.fixtures.scripted_models import MARKUP_ANSWER_TEXT
+from tests.tui.conftest import SIZE, markdown_text, send, wait_for
+
+LITERAL_MARKUP = "[bold][link=file:///etc/passwd]click here[/link][/bold]"
+
+
+async def test_model_markup_and_escapes_are_shown_literally(make_app, store, r1_markup_model):
+    app = make_app(model_path=r1_markup_model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
+        await send(pilot, "[red]user markup[/red] too")
+        answer, = app.chat.log_view.query(AssistantMessage)
+        shown = markdown_text(answer.answer)
+        assert LITERAL_MARKUP in shown  # the brackets are text, nothing became a link/style
+        assert "\\x1b[31m" in shown and "\x1b" not in shown  # ESC made visible, not executed
+        for block in answer.answer.query("MarkdownBlock"):
+            content = getattr(block, "_content", None)
+            if content is not None:
+                assert not any("link" in str(span.style) for span in content.spans)
+        # The store keeps the model's exact text.
+        stored = store.branch(store.latest_conversation_id())[-1]
+        assert stored.content == MARKUP_ANSWER_TEXT
+        # The user's markup is literal in the message, the sidebar and the header.
+        user, = app.chat.log_view.query(UserMessage)
+        assert "[red]user markup[/red] too" in str(user.query_one(".body").render())
+        options = app.chat.sidebar.options
+        assert "[red]user markup[/red] too" in str(options.get_option_at_index(1).prompt)
+        assert "[red]user markup[/red]" in str(app.chat.header.render())
+        # Copying gives the visible form too: no raw escape reaches a clipboard.
+        await pilot.press("ctrl+b")
+        assert "\x1b" not in app.clipboard and LITERAL_MARKUP in app.clipboard
+        # What the terminal would receive has no ESC from the model either.
+        assert "\\x1b[31m" in app.export_screenshot().replace("&#160;", " ")
+
+
+async def test_welcome_flow_when_no_model(make_app, tmp_path, r1_prefill_model):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, WelcomeScreen)
+        text = str(app.screen.query_one(".path").render())
+        assert str(app_paths().models_dir) in text
+        box = app.screen.query_one("#model_path", Input)
+        box.value = str(tmp_path / "missing.gguf")
+        await pilot.press("enter")
+        assert "no such file" in str(app.screen.query_one("#error").render())
+        box.value = str(r1_prefill_model)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
+        assert app.screen is app.chat
+        assert "scripted R1" in str(app.chat.header.render())
+        await send(pilot, "hi")
+        assert app.chat._last_answer().finish_reason == "stop"
+
+
+async def test_welcome_rescan_finds_a_pulled_model(make_app, r1_prefill_model):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, WelcomeScreen)
+        await pilot.press("ctrl+r")
+        assert "still no .gguf" in str(app.screen.query_one("#error").render())
+        models_dir = app_paths().models_dir
+        models_dir.mkdir(parents=True)
+        shutil.copy(r1_prefill_model, models_dir / "r1-test.gguf")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
+        assert app.model_label == "r1-test"
+
+
+async def test_welcome_escape_browses_history_without_a_model(make_app, store):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.chat
+        app.chat.prompt.text = "typed before any model"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.chat.prompt.text == "typed before any model"  # nothing typed is lost
+        assert store.latest_conversation_id() is None
+
+
+async def test_a_model_that_fails_to_load_is_a_notification(make_app, tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    app = make_app(model_path=bad)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model_state == "failed", what="the failure")
+        await pilot.pause()
+        messages = [str(n.message) for n in app._notifications]
+        assert any("broken.gguf" in m for m in messages)
+        # No model installed: the welcome screen comes back with the reason.
+        assert isinstance(app.screen, WelcomeScreen)
+        assert "broken.gguf" in str(app.screen.query_one("#error").render())
+
+
+async def test_out_of_context_is_a_notification_and_the_text_is_kept(make_app, store,
+                                                                      r1_loop_model):
+    app = make_app(model_path=r1_loop_model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
+        long_prompt = "word " * 700  # the loop model's context is 512 tokens
+        await send(pilot, long_prompt)
+        messages = [str(n.message) for n in app._notifications]
+        assert any("context window" in m for m in messages)
+        # The message is in the store (as sent), shown, and the app takes the next prompt.
+        branch = store.branch(store.latest_conversation_id())
+        assert branch[0].content == long_prompt and branch[-1].finish_reason == "error"
+        assert [w.text for w in app.chat.log_view.query(UserMessage)] == [long_prompt]
+        assert app.chat.turn is None
+        await pilot.press("ctrl+g")
+        assert app.chat.prompt.text == long_prompt
+
+
+async def test_settings_are_saved_for_the_new_conversation(make_app, store, prefill_engine):
+    app = make_app(engine=prefill_engine, prefs=TuiPrefs())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, SettingsScreen)
+        screen.query_one("#temperature", Input).value = "9"
+        await pilot.press("ctrl+s")
+        assert "Temperature" in str(screen.query_one("#error").render())
+        screen.query_one("#temperature", Input).value = "0.2"
+        screen.query_one("#max_tokens", Input).value = "300"
+        screen.query_one("#system_prompt").text = "Answer briefly."
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is app.chat
+        await send(pilot, "hello")
+        conversation = store.conversation(store.latest_conversation_id())
+        assert conversation.system_prompt == "Answer briefly."
+        assert conversation.params["temperature"] == 0.2
+        assert conversation.params["max_tokens"] == 300
+        assert conversation.params["context_size"] == 8192
+        # Reopening the conversation gives the same settings back.
+        await app.chat.open_conversation(None)
+        await app.chat.open_conversation(conversation.id)
+        assert app.chat.conv_settings.temperature == 0.2
+
+
+async def test_models_screen_lists_uses_and_removes(make_app, r1_original_model,
+                                                    prefill_engine):
+    models_dir = app_paths().models_dir
+    models_dir.mkdir(parents=True)
+    shutil.copy(r1_original_model, models_dir / "a-original.gguf")
+    shutil.copy(r1_original_model, models_dir / "b-spare.gguf")
+    app = make_app(engine=prefill_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ModelsScreen)
+        table = screen.query_one("DataTable")
+        await wait_for(pilot, lambda: table.row_count == 2, what="the list")
+        assert [str(table.get_cell_at((i, 0))) for i in range(2)] == ["a-original",
+                                                                      "b-spare"]
+        assert str(table.get_cell_at((0, 2))) == "F16"
+        # Remove b-spare (our own copy in the models folder: deleted) after confirming.
+        table.move_cursor(row=1)
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: table.row_count == 1, what="the removal")
+        assert not (models_dir / "b-spare.gguf").exists()
+        # Use a-original: it loads in a worker, the UI stays up meanwhile.
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is app.chat
+        await wait_for(pilot, lambda: app.model_state == "ready"
+                       and app.model_label == "a-original", what="the switch")
+        await send(pilot, "hello")
+        assert app.chat._last_answer().model_label == "a-original"
+
+
+async def test_narrow_terminal_hides_the_sidebar(make_app, prefill_engine):
+    app = make_app(engine=prefill_engine)
+    async with app.run_test(size=(70, 30)) as pilot:
+        chat = app.chat
+        assert chat.has_class("-narrow")
+        assert not chat.sidebar.display or chat.sidebar.region.width == 0
+        await pilot.press("ctrl+f")
+        await pilot.pause()
+        assert chat.sidebar.region.width > 0
+        assert isinstance(chat.sidebar.query_one(OptionList), OptionList)
+
+
+def test_core_does_not_import_textual():
+    import subprocess
+    import sys
+
+    code = ("import sys, localr1.cli, localr1.chat_session, localr1.store, localr1.engine; "
+            "assert 'textual' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -1,0 +1,72 @@
+"""Screenshots of the main screens (pytest-textual-snapshot). Deterministic: fixed terminal
+sizes, fixed data, and `show_timings=False` so no clock or speed reaches the picture.
+
+After an intended change of the look: pytest tests/tui/test_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from localr1.config import Settings
+from localr1.paths import AppPaths
+from localr1.tui.app import LocalR1App
+from localr1.tui.prefs import TuiPrefs
+from tests.tui.conftest import send
+
+FIXED_PATHS = AppPaths(config_dir=Path("/home/you/.config/localr1"),
+                       data_dir=Path("/home/you/.local/share/localr1"),
+                       cache_dir=Path("/home/you/.cache/localr1"),
+                       models_dir=Path("/home/you/.local/share/localr1/models"),
+                       db_path=Path("/home/you/.local/share/localr1/localr1.db"),
+                       config_file=Path("/home/you/.config/localr1/config.toml"))
+
+
+def _history(store) -> None:
+    """A pinned, a yesterday's and an older conversation (dates set in the file)."""
+    pinned = store.create_conversation(model="r1", title="Pinned: project notes")
+    store.add_message(pinned.id, "user", "notes")
+    store.set_pinned(pinned.id, True)
+    for title, when in (("Yesterday's question", "-1 day"), ("An old chat", "-30 days")):
+        conversation = store.create_conversation(model="r1", title=title)
+        store.add_message(conversation.id, "user", title)
+        with sqlite3.connect(store.path) as db:
+            db.execute("UPDATE conversations SET updated_at = "
+                       "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', ?) WHERE id = ?",
+                       (when, conversation.id))
+
+
+def _app(store, **kwargs) -> LocalR1App:
+    kwargs.setdefault("settings", Settings(gpu_layers=0))
+    return LocalR1App(store=store, prefs=TuiPrefs(), paths=FIXED_PATHS, show_timings=False,
+                      **kwargs)
+
+
+def test_chat_after_one_turn(snap_compare, store, prefill_engine):
+    _history(store)
+    app = _app(store, engine=prefill_engine)
+
+    async def run_before(pilot) -> None:
+        await send(pilot, "Hello! What is [bold]this[/bold]?")
+
+    assert snap_compare(app, terminal_size=(120, 36), run_before=run_before)
+
+
+def test_chat_reasoning_open_narrow(snap_compare, store, prefill_engine):
+    app = _app(store, engine=prefill_engine)
+
+    async def run_before(pilot) -> None:
+        await send(pilot, "hello")
+        await pilot.press("ctrl+t")
+
+    assert snap_compare(app, terminal_size=(70, 30), run_before=run_before)
+
+
+def test_welcome_screen(snap_compare, store):
+    assert snap_compare(_app(store), terminal_size=(100, 32))
+
+
+def test_settings_screen(snap_compare, store, prefill_engine):
+    app = _app(store, engine=prefill_engine)
+    assert snap_compare(app, terminal_size=(100, 36), press=["f4"])
