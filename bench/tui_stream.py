@@ -9,8 +9,9 @@ UI time is the event loop's busy time (every callback and task step, Textual's l
 rendering included), measured by wrapping asyncio's Handle._run. The busy time between two
 flushes is charged to the tokens the first of them rendered. We report the UI time per token
 over the first 500 and the last 500 tokens (the end must stay within 2x the start) and
-whether the UI kept up (it rendered the last token within half a second of its arrival and
-never stalled for more than half a second).
+whether the UI kept up (no backlog: it showed the last token within half a second of its
+arrival). The longest gap between two updates and the longest event-loop stall (how long a
+key press could wait) are reported too.
 
     python bench/tui_stream.py [--tokens 4000] [--rate 1000] [--runs 3] [--single]
 
@@ -21,7 +22,6 @@ ARCHITECTURE.md, for comparison.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import statistics
 import sys
@@ -95,13 +95,15 @@ class RunResult:
     feed_seconds: float
     final_render_ms: float
     segments_peak: int
+    pieces_after: int  # pieces left after the final render (1: the whole text re-rendered)
     stall_stream_ms: float  # the longest the event loop was unavailable while streaming
     stall_final_ms: float  # ... and during the final full render
     ticks: list[Tick] = field(default_factory=list)
 
     @property
     def kept_up(self) -> bool:
-        return self.lag_s <= 0.5 and self.max_gap_s <= 0.5
+        """No backlog built up: the last token was on screen within half a second."""
+        return self.lag_s <= 0.5
 
 
 class BusyClock:
@@ -180,7 +182,7 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
                     now = time.perf_counter()
                     stalls.append((now, now - before - 0.01))
 
-            prober = asyncio.get_running_loop().create_task(probe()) if not os.environ.get("NOPROBE") else asyncio.get_running_loop().create_task(asyncio.sleep(0))
+            prober = asyncio.get_running_loop().create_task(probe())
             turn = chat.start_stream("send", 0, "bench", widget, None)
             feed_done = threading.Event()
             feed_times: list[float] = []
@@ -211,8 +213,8 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
             final_render_ms = (time.perf_counter() - finish_start) * 1000
             prober.cancel()
             clock.remove()
-            assert widget.answer.segments == 1, "the final render leaves one widget"
             assert widget.answer_text == "".join(tokens)
+            pieces_after = widget.answer.segments
     finally:
         clock.remove()
         chat_module.ChatScreen._render_buffer = original_render
@@ -225,6 +227,7 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
                      max_gap_s=max(gaps, default=0.0),
                      feed_seconds=feed_times[1] - feed_times[0],
                      final_render_ms=final_render_ms, segments_peak=segments_peak,
+                     pieces_after=pieces_after,
                      stall_stream_ms=max((late for at, late in stalls if at < finish_start),
                                          default=0.0) * 1000,
                      stall_final_ms=max((late for at, late in stalls if at >= finish_start),
@@ -252,7 +255,7 @@ def main() -> None:
               f"{result.feed_seconds:.2f} s, longest event-loop stall "
               f"{result.stall_stream_ms:.0f} ms; final render {result.final_render_ms:.0f} ms "
               f"(longest stall {result.stall_final_ms:.0f} ms), pieces at most "
-              f"{result.segments_peak}", flush=True)
+              f"{result.segments_peak}, after it {result.pieces_after}", flush=True)
     start = statistics.median(r.start_ms for r in results)
     end = statistics.median(r.end_ms for r in results)
     kept_up = all(r.kept_up for r in results)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -18,9 +18,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from localr1.config import Settings, load_settings
-from localr1.engine import Engine, EngineConfig
 from localr1.errors import LocalR1Error
-from localr1.library import installed_models, mark_used, resolve_model
 from localr1.paths import AppPaths, app_paths
 from localr1.store import Conversation, Store
 from localr1.tui.conversation_settings import ConversationSettings
@@ -28,9 +26,10 @@ from localr1.tui.messages import ModelLoaded, ModelLoadFailed
 from localr1.tui.prefs import TuiPrefs
 from localr1.tui.screens.chat import ChatScreen
 from localr1.tui.screens.help import HelpScreen
-from localr1.tui.screens.models import ModelsScreen
-from localr1.tui.screens.welcome import WelcomeScreen
 from localr1.tui.terminal_driver import terminal_driver_class
+
+if TYPE_CHECKING:  # llama.cpp's bindings, the model library: loaded after the first paint
+    from localr1.engine import Engine, EngineConfig
 
 ModelState = Literal["none", "loading", "ready", "failed"]
 SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
@@ -38,6 +37,8 @@ SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
 
 def model_label_for(path: Path, models_dir: Path) -> str:
     """How a model is named in the history: its library name, or its path if it has none."""
+    from localr1.library import installed_models
+
     try:
         from localr1.model_registry import ModelRegistry
 
@@ -104,7 +105,7 @@ class LocalR1App(App[None]):
             self.load_model(self.settings_for(conversation).engine_config(self.model_path,
                                                                           self.settings))
         elif self.engine is None:
-            self.push_screen(WelcomeScreen(self.paths.models_dir), self._welcome_done)
+            self._welcome()
 
     def _initial_conversation(self) -> Conversation | None:
         if self.conversation_id is None:
@@ -113,6 +114,11 @@ class LocalR1App(App[None]):
             return self.store.conversation(self.conversation_id)
         except LocalR1Error:
             return None
+
+    def _welcome(self, problem: str | None = None) -> None:
+        from localr1.tui.screens.welcome import WelcomeScreen
+
+        self.push_screen(WelcomeScreen(self.paths.models_dir, problem), self._welcome_done)
 
     def _welcome_done(self, path: Path | None) -> None:
         if path is None:
@@ -140,6 +146,9 @@ class LocalR1App(App[None]):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def _load(self, config: EngineConfig, previous: Engine | None) -> None:
+        from localr1.engine import Engine
+        from localr1.library import mark_used
+
         # Free the old model first: two big models at once may not fit in memory.
         if previous is not None:
             self.engine = None
@@ -176,10 +185,12 @@ class LocalR1App(App[None]):
             self.notify(f"Back to {fallback.model_path.name}.", markup=False)
             self.load_model(fallback)
             return
+        from localr1.library import installed_models
+        from localr1.tui.screens.welcome import WelcomeScreen
+
         if self.engine is None and not installed_models(self.paths.models_dir) \
                 and not isinstance(self.screen, WelcomeScreen):
-            self.push_screen(WelcomeScreen(self.paths.models_dir, message.error),
-                             self._welcome_done)
+            self._welcome(message.error)
         self._tell_chat()
 
     def _tell_chat(self) -> None:
@@ -187,6 +198,8 @@ class LocalR1App(App[None]):
             self.chat.model_changed()
 
     def action_models(self) -> None:
+        from localr1.tui.screens.models import ModelsScreen
+
         if isinstance(self.screen, ModelsScreen):
             return
 
@@ -327,6 +340,8 @@ def _choose_model(model: str | None, conversation: Conversation | None, settings
                   paths: AppPaths) -> Path | None:
     """--model, else the conversation's model, else default_model, else an installed one;
     None (the welcome screen) when there is none."""
+    from localr1.library import installed_models, resolve_model
+
     if model:
         return resolve_model(model, paths.models_dir)
     if conversation is not None and conversation.model:
@@ -335,4 +350,13 @@ def _choose_model(model: str | None, conversation: Conversation | None, settings
     if settings.default_model:
         return resolve_model(settings.default_model, paths.models_dir)
     installed = installed_models(paths.models_dir)
-    return next(iter(installed.values()), None)
+    if installed:
+        return next(iter(installed.values()))
+    try:  # imported models (registry JSON, no header reads): the one used last
+        from localr1.model_registry import ModelRegistry
+
+        registered = [m for m in ModelRegistry.default().models() if m.path.is_file()]
+    except (LocalR1Error, OSError, ValueError):
+        registered = []
+    registered.sort(key=lambda m: m.last_used or m.added_at, reverse=True)
+    return registered[0].path if registered else None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localr1.config import Settings
-from localr1.engine import EngineConfig, GenerationParams
 from localr1.store import Conversation
+
+if TYPE_CHECKING:
+    from localr1.engine import EngineConfig, GenerationParams
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,15 @@ class ConversationSettings:
         return replace(base, system_prompt=conversation.system_prompt, **values)
 
     def generation_params(self, settings: Settings) -> GenerationParams:
+        from localr1.engine import GenerationParams
+
         return GenerationParams.from_settings(
             settings, temperature=self.temperature, top_p=self.top_p,
             max_tokens=self.max_tokens, reasoning_budget=self.reasoning_budget)
 
     def engine_config(self, model_path: Path, settings: Settings) -> EngineConfig:
+        from localr1.engine import EngineConfig
+
         return EngineConfig.from_settings(model_path, settings, context_size=self.context_size,
                                           gpu_layers=self.gpu_layers)
 

@@ -1,11 +1,11 @@
 """Where a growing Markdown text can be cut into independent pieces, and its code blocks.
 
-Streaming a long reply into one Markdown widget gets slower with every token (the widget
-re-joins and re-splits its whole source per append), so the message view freezes finished
-blocks into their own widgets and streams only the tail. A cut is safe at the start of a
-non-indented line that follows a blank line outside any fenced code block: the text on each
-side then parses to the same blocks it would give as part of the whole (near enough; the view
-renders the whole text once more when the reply is complete).
+Streaming a long reply into one Markdown widget gets slower as it grows, so the message view
+freezes finished blocks into their own widgets and streams only the tail. A cut is safe at the
+start of a non-indented line that follows a blank line outside any fenced code block and does
+not start a list item (a loose list cut in two would number and space its items differently):
+the text on each side then parses to the blocks it gives as part of the whole.
+`cuts_are_block_boundaries` checks that against one parse of the whole text at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+_LIST_ITEM = re.compile(r"(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ def find_split_point(text: str, min_chars: int, not_before: int = 0) -> int | No
         complete = line.endswith("\n")
         stripped = line.strip()
         if fence is None and previous_blank and stripped and not line[0].isspace() \
-                and offset >= min_chars and offset >= not_before:
+                and not _LIST_ITEM.match(line) and offset >= min_chars \
+                and offset >= not_before:
             best = offset
         match = _FENCE.match(line)
         if fence is None:
@@ -53,6 +55,24 @@ def find_split_point(text: str, min_chars: int, not_before: int = 0) -> int | No
         previous_blank = complete and not stripped
         offset += len(line)
     return best
+
+
+def cuts_are_block_boundaries(markdown: str, cuts: list[int]) -> bool:
+    """True when every cut (an offset into `markdown`) falls between top-level blocks of the
+    whole text, parsed once: no list, quote, table or code block spans a cut, so the pieces
+    render exactly as the whole does."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("gfm-like").parse(markdown)
+    spans = [token.map for token in tokens if token.level == 0 and token.map
+             and token.nesting >= 0]
+    for cut in cuts:
+        line = markdown.count("\n", 0, cut)
+        if not any(start == line for start, _end in spans):
+            return False
+        if any(start < line < end for start, end in spans):
+            return False
+    return True
 
 
 def code_blocks(markdown: str) -> list[CodeBlock]:

@@ -7,11 +7,13 @@ thread-safe); handlers on the app or the chat screen update the UI.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from localr1.chat_session import TurnSaved
-from localr1.engine import Engine, EngineConfig, TurnStats
+if TYPE_CHECKING:  # the engine loads llama.cpp's bindings: not needed to draw the first screen
+    from localr1.chat_session import TurnSaved
+    from localr1.engine import Engine, EngineConfig, TurnStats
 
 
 @dataclass

@@ -58,7 +58,15 @@ async def test_welcome_flow_when_no_model(make_app, tmp_path, r1_prefill_model):
         box = app.screen.query_one("#model_path", Input)
         box.value = str(tmp_path / "missing.gguf")
         await pilot.press("enter")
-        assert "no such file" in str(app.screen.query_one("#error").render())
+        error = app.screen.query_one("#error")
+        await wait_for(pilot, lambda: "no such file" in str(error.render()), what="the error")
+        not_gguf = tmp_path / "notes.gguf"
+        not_gguf.write_text("not a model")
+        box.value = str(not_gguf)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "notes.gguf" in str(error.render())
+                       and "checking" not in str(error.render()), what="the check")
+        assert isinstance(app.screen, WelcomeScreen)
         box.value = str(r1_prefill_model)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
@@ -66,6 +74,18 @@ async def test_welcome_flow_when_no_model(make_app, tmp_path, r1_prefill_model):
         assert "scripted R1" in str(app.chat.header.render())
         await send(pilot, "hi")
         assert app.chat._last_answer().finish_reason == "stop"
+    # It was added to the library (not copied), so the next start finds it.
+    from localr1.library import find_installed
+
+    assert find_installed(str(r1_prefill_model), app_paths().models_dir) is not None
+    assert _choose_model_path() == r1_prefill_model
+
+
+def _choose_model_path():
+    from localr1.config import Settings
+    from localr1.tui.app import _choose_model
+
+    return _choose_model(None, None, Settings(), app_paths())
 
 
 async def test_welcome_rescan_finds_a_pulled_model(make_app, r1_prefill_model):

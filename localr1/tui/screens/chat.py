@@ -28,8 +28,6 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Markdown, Static
 
-from localr1.chat_session import ChatSession, TurnSaved
-from localr1.engine import AnswerDelta, ContextTrimmed, GenerationParams, ReasoningDelta, TurnDone
 from localr1.errors import LocalR1Error
 from localr1.store import Conversation, Message
 from localr1.terminal_text import visible_controls
@@ -47,6 +45,8 @@ from localr1.tui.widgets.sidebar import ConversationSidebar
 from localr1.tui.widgets.status_line import StatusFacts, StatusLine
 
 if TYPE_CHECKING:
+    from localr1.chat_session import ChatSession
+    from localr1.engine import GenerationParams
     from localr1.tui.app import LocalR1App
 
 FLUSH_SECONDS = 0.1  # how often streamed text reaches the screen, at most
@@ -130,8 +130,8 @@ class ChatScreen(Screen[None]):
             with Vertical(id="chat-pane"):
                 yield VerticalScroll(id="chat-log")
                 yield Static("", id="edit-banner")
-                yield PromptInput(id="prompt", placeholder="Message  ·  enter sends  ·  "
-                                  "shift+enter / ctrl+j: new line  ·  f1: keys")
+                yield PromptInput(id="prompt", placeholder="Message (enter sends, ctrl+j or "
+                                  "shift+enter: new line, f1: keys)")
                 yield StatusLine(id="status", show_timings=self.app.show_timings)
         yield Footer()
 
@@ -362,6 +362,8 @@ class ChatScreen(Screen[None]):
         turn = self.start_stream(kind, self.conversation.id, text, widget, user_widget)
         info = app.engine.info
         turn.cpu_bound = info.gpu_layers < info.n_layers + 1
+        from localr1.chat_session import ChatSession  # with the engine, after the first paint
+
         session = ChatSession(app.store, app.engine, app.model_label)
         self._generate(turn, session, settings.generation_params(app.settings), parent_id,
                        user_message_id)
@@ -386,6 +388,9 @@ class ChatScreen(Screen[None]):
     def _generate(self, turn: ActiveTurn, session: ChatSession, params: GenerationParams,
                   parent_id: int | None | EllipsisType, user_message_id: int | None) -> None:
         """The worker: core calls only; text goes to the buffer, the end to a message."""
+        from localr1.chat_session import TurnSaved
+        from localr1.engine import AnswerDelta, ContextTrimmed, ReasoningDelta, TurnDone
+
         stats, saved = None, None
         try:
             if turn.kind == "send":
@@ -468,7 +473,9 @@ class ChatScreen(Screen[None]):
             await turn.widget.add_reasoning(drained.reasoning, drained.reasoning_started_at)
         if drained.answer:
             await turn.widget.add_answer(drained.answer, drained.answer_started_at)
-        turn.widget.tick()
+        log = self.log_view
+        following = log.is_anchored and log.max_scroll_y - log.scroll_y <= 2
+        turn.widget.tick(log.region.y, following=following)
         if drained.first_token_at is not None:
             thinking = drained.answer_started_at is None and \
                 drained.reasoning_started_at is not None

@@ -92,9 +92,10 @@ class ModelsScreen(Screen[Path | None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label, key in (("Name", "name"), ("Size", "size"), ("Quant", "quant"),
-                           ("Fit", "fit"), ("Last used", "used"), ("", "state")):
-            table.add_column(label, key=key)
+        for label, key, width in (("Name", "name", 36), ("Size", "size", 9),
+                                  ("Quant", "quant", 8), ("Fit", "fit", 26),
+                                  ("Last used", "used", 12), ("", "state", 8)):
+            table.add_column(label, key=key, width=width)
         self.action_refresh()
         table.focus()
 

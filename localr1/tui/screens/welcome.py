@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
 from localr1.errors import LocalR1Error
-from localr1.library import installed_models, resolve_model
+from localr1.library import find_installed, import_model, installed_models, resolve_model
 
 
 class WelcomeScreen(Screen[Path | None]):
@@ -53,7 +53,8 @@ class WelcomeScreen(Screen[Path | None]):
                 classes="hint")
             yield Static(Content.assemble(
                 ("Or use a GGUF you already have", "bold"),
-                ": copy it into the models folder, or type its path below."), classes="hint")
+                ": type its path below (it is added to your models, not copied), or copy it "
+                "into the models folder."), classes="hint")
             yield Static(Content(str(self.models_dir)), classes="path")
             with Horizontal():
                 yield Input(placeholder="/path/to/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf",
@@ -78,12 +79,21 @@ class WelcomeScreen(Screen[Path | None]):
         if not text:
             self._error("type the path of a .gguf file")
             return
+        self._error("checking the file…")
+        self._import(text)
+
+    @work(thread=True, exclusive=True, group="import", exit_on_error=False)
+    def _import(self, text: str) -> None:
+        """Validate the GGUF and register it in the library (no copy), so it is listed and
+        found next time; headers of big files take a moment to read, hence a worker."""
         try:
             path = resolve_model(text, self.models_dir)
+            if find_installed(str(path), self.models_dir) is None:
+                import_model(path, models_dir=self.models_dir)
         except LocalR1Error as exc:
-            self._error(str(exc))
+            self.app.call_from_thread(self._error, str(exc))
             return
-        self.dismiss(path)
+        self.app.call_from_thread(self.dismiss, path)
 
     @on(Button.Pressed, "#pull")
     def action_pull(self) -> None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Collapsible, Static
 
-from localr1.engine import TurnStats
 from localr1.store import Message
 from localr1.tui.formatting import literal, seconds, thinking_label, thought_label
 from localr1.tui.widgets.streaming_markdown import StreamingMarkdown
+
+if TYPE_CHECKING:
+    from localr1.engine import TurnStats
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,13 @@ class AssistantMessage(Vertical):
         await self.answer.write(text)
         self._update_footer()
 
-    def tick(self) -> None:
-        """Advance the 'Thinking… N s' clock (whole seconds)."""
+    def tick(self, viewport_top: int | None = None, following: bool = False) -> None:
+        """Advance the 'Thinking… N s' clock (whole seconds); tuck away pieces of the answer
+        (and reasoning) that scrolled out of sight (see StreamingMarkdown.tuck)."""
+        if viewport_top is not None:
+            self.answer.tuck(viewport_top, following)
+            if self.reasoning is not None:
+                self.reasoning.body.tuck(viewport_top, following)
         if self.reasoning is None or self._thinking_ended is not None or not self.show_timings:
             return
         started = self._thinking_started or time.perf_counter()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.content import Content
 from textual.widgets import Static
 
-from localr1.engine import ModelInfo
 from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import count, one_line
+
+if TYPE_CHECKING:
+    from localr1.engine import ModelInfo
 
 
 class ModelHeader(Static):

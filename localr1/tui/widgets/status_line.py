@@ -49,10 +49,10 @@ class StatusLine(Widget):
             if facts.tokens_per_second:
                 parts.append(f"{facts.tokens_per_second:.1f} tok/s")
             if facts.ttft_seconds is not None:
-                parts.append(f"first token {seconds(facts.ttft_seconds)}")
+                parts.append(f"TTFT {seconds(facts.ttft_seconds)}")
         if facts.context_limit:
             used = count(facts.context_used) if facts.context_used is not None else "–"
             parts.append(f"context {used}/{count(facts.context_limit)}")
         self.set_class(facts.state in ("generating", "thinking", "loading model"), "-busy")
-        self._content = Content("  ·  ".join(parts))
+        self._content = Content(" · ".join(parts))
         self.refresh()
