@@ -26,7 +26,7 @@ from localr1.config import Settings
 from localr1.errors import GenerationError, InsufficientMemoryError, ModelLoadError
 from localr1.gguf_header import GGUFHeader, read_gguf_header
 from localr1.prompting import ChatMessage, fit_to_context, reply_reserve
-from localr1.reasoning import ThinkSplitter
+from localr1.reasoning import SplitDelta, ThinkSplitter
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
@@ -325,15 +325,10 @@ class _Turn:
             self.reasoning_tokens += 1
         if was_reasoning and not self.splitter.in_reasoning:
             self.thinking_ended_at = now
-        for delta in deltas:
-            yield ReasoningDelta(delta.text) if delta.kind == "reasoning" else AnswerDelta(
-                delta.text)
+        yield from delta_events(deltas)
 
     def finish(self, tail: str) -> Iterator[Event]:
-        deltas = self.splitter.feed(tail) + self.splitter.finish()
-        for delta in deltas:
-            yield ReasoningDelta(delta.text) if delta.kind == "reasoning" else AnswerDelta(
-                delta.text)
+        yield from delta_events(self.splitter.feed(tail) + self.splitter.finish())
 
     def stats(self, dropped_messages: int) -> TurnStats:
         end = time.perf_counter()
@@ -356,6 +351,12 @@ class _Turn:
             thinking_seconds=thinking,
             total_seconds=end - self.started,
         )
+
+
+def delta_events(deltas: Sequence[SplitDelta]) -> Iterator[ReasoningDelta | AnswerDelta]:
+    """The splitter's deltas as engine events."""
+    for delta in deltas:
+        yield ReasoningDelta(delta.text) if delta.kind == "reasoning" else AnswerDelta(delta.text)
 
 
 def _rate(tokens: int, seconds: float) -> float:

@@ -22,14 +22,13 @@ from typing import Any
 
 from localr1.engine import (
     THINK_CLOSE,
-    AnswerDelta,
     Engine,
     Event,
     FinishReason,
     GenerationParams,
-    ReasoningDelta,
     TurnDone,
     TurnStats,
+    delta_events,
 )
 from localr1.errors import GenerationError
 from localr1.reasoning import ThinkSplitter
@@ -261,9 +260,7 @@ class ParallelDecoder:
             self._emit(slot, deltas, sink)
 
     def _emit(self, slot: _Slot, deltas, sink: EventSink) -> None:
-        for delta in deltas:
-            event = ReasoningDelta(delta.text) if delta.kind == "reasoning" else \
-                AnswerDelta(delta.text)
+        for event in delta_events(deltas):
             sink(slot.request.key, event)
 
     def _release(self, slot: _Slot, reason: FinishReason, sink: EventSink,
