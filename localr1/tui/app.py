@@ -308,13 +308,14 @@ class LocalR1App(App[None]):
         turn = self.chat.turn if self.chat is not None else None
         if turn is not None:
             turn.cancel.set()
-            turn.done.wait(SHUTDOWN_WAIT_SECONDS)
+            if turn.running:
+                turn.done.wait(SHUTDOWN_WAIT_SECONDS)
         if self._owns_engine and self.engine is not None and \
-                (turn is None or turn.done.is_set()):
+                (turn is None or not turn.running or turn.done.is_set()):
             with contextlib.suppress(Exception):
                 self.engine.close()
             self.engine = None
-        if self._owns_store and (turn is None or turn.done.is_set()):
+        if self._owns_store and (turn is None or not turn.running or turn.done.is_set()):
             self.store.close()
 
 

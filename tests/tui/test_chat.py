@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from textual.widgets import Collapsible
-
 from localr1.tui.widgets.message_view import AssistantMessage, UserMessage
-from localr1.tui.widgets.streaming_markdown import StreamingMarkdown
 from tests.fixtures.scripted_models import ANSWER_TEXT, REASONING_TEXT
 from tests.tui.conftest import SIZE, markdown_text, press_and_wait_turn, send, wait_for
 
@@ -45,9 +42,19 @@ async def test_send_shows_reasoning_collapsed_answer_rendered_and_saved(make_app
         assert "hello" in str(chat.header.render())
         assert "context " in str(chat.status.render())
 
-        # ctrl+t opens the reasoning (the click target works the same way).
+        # ctrl+t opens the reasoning, and so does a click on its title.
         await pilot.press("ctrl+t")
         assert not answer.reasoning.collapsed
+        await pilot.press("ctrl+t")
+        assert answer.reasoning.collapsed
+        await pilot.click(answer.reasoning.query_one("CollapsibleTitle"))
+        await pilot.pause()
+        assert not answer.reasoning.collapsed
+
+        # Multi-line prompts: ctrl+j and shift+enter add lines, nothing is sent.
+        chat.prompt.focus()
+        await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
+        assert chat.prompt.text == "a\nb\nc" and chat._turn_seq == 1
 
 
 async def test_keep_reasoning_open_setting(make_app, prefill_engine):
@@ -123,6 +130,10 @@ async def test_edit_last_message_and_resend(make_app, store, prefill_engine):
     async with app.run_test(size=SIZE) as pilot:
         chat = app.chat
         await send(pilot, "first try")
+        await pilot.press("up")  # in an empty prompt: edit the last message; esc cancels
+        assert chat.editing is not None and chat.prompt.text == "first try"
+        await pilot.press("escape")
+        assert chat.editing is None and chat.prompt.text == ""
         chat.prompt.text = "a draft I am typing"
         await pilot.press("ctrl+g")
         assert chat.prompt.text == "first try"
@@ -144,27 +155,6 @@ async def test_edit_last_message_and_resend(make_app, store, prefill_engine):
         assert [m.content for m in store.branch(conversation_id)][0] == "first try"
         user, = chat.log_view.query(UserMessage)
         assert user.text == "first try"
-
-
-async def test_up_in_empty_prompt_edits_and_escape_cancels(make_app, prefill_engine):
-    app = make_app(engine=prefill_engine)
-    async with app.run_test(size=SIZE) as pilot:
-        chat = app.chat
-        await send(pilot, "edit me")
-        await pilot.press("up")
-        assert chat.editing is not None and chat.prompt.text == "edit me"
-        await pilot.press("escape")
-        assert chat.editing is None and chat.prompt.text == ""
-
-
-async def test_multiline_prompt_keys(make_app, prefill_engine):
-    app = make_app(engine=prefill_engine)
-    async with app.run_test(size=SIZE) as pilot:
-        chat = app.chat
-        chat.prompt.focus()
-        await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
-        assert chat.prompt.text == "a\nb\nc"
-        assert chat.turn is None and chat._turn_seq == 0
 
 
 async def test_copy_answer_and_code_block(make_app, store, prefill_engine):
@@ -288,16 +278,3 @@ async def test_command_palette_runs_actions(make_app, prefill_engine):
         await pilot.pause(0.3)
         await press_and_wait_turn(pilot, "enter")
         assert len(app.store.alternates(app.chat._last_answer().message_id)) == 2
-
-
-async def test_collapsible_click_opens_reasoning(make_app, prefill_engine):
-    app = make_app(engine=prefill_engine)
-    async with app.run_test(size=SIZE) as pilot:
-        await send(pilot, "hello")
-        answer, = app.chat.log_view.query(AssistantMessage)
-        assert answer.reasoning.collapsed
-        await pilot.click(answer.reasoning.query_one("CollapsibleTitle"))
-        await pilot.pause()
-        assert not answer.reasoning.collapsed
-        assert isinstance(answer.reasoning, Collapsible)
-        assert isinstance(answer.answer, StreamingMarkdown)

@@ -231,3 +231,19 @@ def test_core_does_not_import_textual():
     code = ("import sys, localr1.cli, localr1.chat_session, localr1.store, localr1.engine; "
             "assert 'textual' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+async def test_switching_to_a_broken_model_falls_back_to_the_previous_one(make_app, tmp_path,
+                                                                         r1_prefill_model):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    app = make_app(model_path=r1_prefill_model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
+        app.use_model(bad)
+        await wait_for(pilot, lambda: any("broken.gguf" in str(n.message)
+                                          for n in app._notifications), what="the failure")
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the way back")
+        assert app.model_path == r1_prefill_model and app.engine is not None
+        await send(pilot, "still works?")
+        assert app.chat._last_answer().finish_reason == "stop"

@@ -51,10 +51,11 @@ if TYPE_CHECKING:
 
 FLUSH_SECONDS = 0.1  # how often streamed text reaches the screen, at most
 # While the model computes on the CPU, every millisecond the view spends is taken from
-# llama.cpp's threads (measured: about 25 ms of layout and paint per update on two cores), so
-# updates are spaced to keep the view's share of the time near UI_CPU_SHARE, but never fewer
-# than one every MAX_FLUSH_SECONDS.
-UI_CPU_SHARE = 0.08
+# llama.cpp's threads (measured here: 20-40 ms of layout and paint per update on two busy
+# cores, and a stalled llama.cpp thread holds up its partner), so updates are spaced to keep
+# the view's share of the time near UI_CPU_SHARE, but never fewer than one every
+# MAX_FLUSH_SECONDS. On a fast machine that is still ~5 updates a second.
+UI_CPU_SHARE = 0.04
 MAX_FLUSH_SECONDS = 0.5
 SHOWN_MESSAGES = 60  # older messages of a long conversation stay in the store (and exports)
 NARROW_WIDTH = 80  # below this many columns the sidebar hides
@@ -78,6 +79,7 @@ class ActiveTurn:
     outcome: TurnEnded | TurnFailed | None = None
     trimmed: int = 0
     cpu_bound: bool = False  # the model runs (partly) on the CPU: pace the updates
+    running: bool = False  # the worker started (it sets `done` when it ends)
     next_render_at: float = 0.0
 
 
@@ -262,9 +264,11 @@ class ChatScreen(Screen[None]):
                        ) -> AssistantMessage:
         app = self.app
         label = message.model if message is not None else app.model_label
+        expect_reasoning = message is None and app.engine is not None and app.engine.info.is_r1
         return AssistantMessage(model_label=label, message=message, versions=versions,
                                 keep_reasoning_open=app.prefs.keep_reasoning_open,
-                                show_timings=app.show_timings)
+                                show_timings=app.show_timings,
+                                expect_reasoning=expect_reasoning)
 
     def _versions(self, message: Message) -> Versions | None:
         try:
@@ -365,8 +369,11 @@ class ChatScreen(Screen[None]):
         from localr1.chat_session import ChatSession  # with the engine, after the first paint
 
         session = ChatSession(app.store, app.engine, app.model_label)
-        self._generate(turn, session, settings.generation_params(app.settings), parent_id,
-                       user_message_id)
+        params = settings.generation_params(app.settings)
+        # Start generating once the new messages are painted: that layout work would
+        # otherwise compete with the model for the CPU during its first tokens.
+        self.call_after_refresh(self._generate, turn, session, params, parent_id,
+                                user_message_id)
 
     def start_stream(self, kind: Literal["send", "regenerate"], conversation_id: int,
                      text: str | None, widget: AssistantMessage,
@@ -379,6 +386,7 @@ class ChatScreen(Screen[None]):
                           self._context_used)
         self.turn = turn
         self._code_cursor = None
+        self.prompt.cursor_blink = False  # no repaints the generation would pay for
         turn.timer = self.set_interval(FLUSH_SECONDS, self._tick)
         self.refresh_bindings()
         self.status.show(StatusFacts("waiting for the model", context_limit=self._n_ctx()))
@@ -391,6 +399,7 @@ class ChatScreen(Screen[None]):
         from localr1.chat_session import TurnSaved
         from localr1.engine import AnswerDelta, ContextTrimmed, ReasoningDelta, TurnDone
 
+        turn.running = True
         stats, saved = None, None
         try:
             if turn.kind == "send":
@@ -451,6 +460,7 @@ class ChatScreen(Screen[None]):
                 await self._finish_turn(turn)
         except Exception as exc:  # never let a rendering surprise take the app down
             self.turn = None
+            self.prompt.cursor_blink = self.app.show_timings
             self.refresh_bindings()
             turn.cancel.set()
             self.notify(f"display error: {type(exc).__name__}: {one_line(str(exc))}",
@@ -501,6 +511,7 @@ class ChatScreen(Screen[None]):
                 stored = None
         await turn.widget.finish(stats, stored)
         self.turn = None
+        self.prompt.cursor_blink = self.app.show_timings
         self.refresh_bindings()
         if isinstance(outcome, TurnFailed):
             self.notify(outcome.error, title="Generation failed", severity="error",

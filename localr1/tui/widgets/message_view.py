@@ -103,7 +103,7 @@ class AssistantMessage(Vertical):
 
     def __init__(self, *, model_label: str | None, message: Message | None = None,
                  versions: Versions | None = None, keep_reasoning_open: bool = False,
-                 show_timings: bool = True) -> None:
+                 show_timings: bool = True, expect_reasoning: bool = False) -> None:
         super().__init__()
         self.model_label = model_label
         self.message_id = message.id if message else None
@@ -121,6 +121,13 @@ class AssistantMessage(Vertical):
         self.reasoning: ReasoningBlock | None = None
         self.answer = StreamingMarkdown(self.answer_text, classes="answer")
         self.footer = Static("", classes="footer")
+        # Built before the first token (hidden) so that token costs the UI almost nothing:
+        # early in a turn, UI work competes with the model for the CPU.
+        self._spare_reasoning: ReasoningBlock | None = None
+        if self.streaming and expect_reasoning:
+            self._spare_reasoning = ReasoningBlock(
+                title=thinking_label(0.0 if show_timings else None), collapsed=False)
+            self._spare_reasoning.display = False
         self._footer_text: str | None = None
 
     # ---- building -------------------------------------------------------------------------
@@ -136,20 +143,30 @@ class AssistantMessage(Vertical):
                                     finish_reason=message.finish_reason,
                                     show_time=self.show_timings))
             yield self.reasoning
+        if self._spare_reasoning is not None:
+            yield self._spare_reasoning
         yield self.answer
         yield self.footer
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self._update_footer()
+        if self.streaming:
+            await self.answer.prepare()
+            if self._spare_reasoning is not None:
+                await self._spare_reasoning.body.prepare()
 
     # ---- streaming (called by the chat screen's flush timer) ------------------------------
 
     async def add_reasoning(self, text: str, started_at: float | None) -> None:
         if self.reasoning is None:
             self._thinking_started = started_at or time.perf_counter()
-            self.reasoning = ReasoningBlock(title=thinking_label(
-                0.0 if self.show_timings else None), collapsed=False)
-            await self.mount(self.reasoning, before=self.answer)
+            if self._spare_reasoning is not None:
+                self.reasoning, self._spare_reasoning = self._spare_reasoning, None
+                self.reasoning.display = True
+            else:
+                self.reasoning = ReasoningBlock(title=thinking_label(
+                    0.0 if self.show_timings else None), collapsed=False)
+                await self.mount(self.reasoning, before=self.answer)
             self._update_footer()
         self.reasoning_text += text
         await self.reasoning.body.write(text)
@@ -192,6 +209,9 @@ class AssistantMessage(Vertical):
             self.finish_reason = stats.finish_reason
         else:
             self.finish_reason = self.finish_reason or "error"
+        if self._spare_reasoning is not None:  # it did not think
+            await self._spare_reasoning.remove()
+            self._spare_reasoning = None
         if self.reasoning is not None:
             await self.reasoning.body.finish(self.reasoning_text)
             if self._thinking_ended is None:

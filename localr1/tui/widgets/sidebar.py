@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from inspect import signature
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -19,6 +20,7 @@ from textual.timer import Timer
 from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option
 
+from localr1.errors import LocalR1Error
 from localr1.store import Conversation, SearchHit, Store
 from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import day_group, literal, one_line
@@ -183,8 +185,15 @@ class ConversationSidebar(Vertical):
 
     @work(thread=True, exclusive=True, group="search", exit_on_error=False)
     def _run_search(self, text: str) -> None:
-        hits = self.store.search(text, limit=SEARCH_LIMIT, include_reasoning=True,
-                                 highlight=(_MARK_START, _MARK_END))
+        # A filter box matches as you type ("gree" finds "greeted") once the store offers
+        # prefix matching; until then, whole words.
+        extra = {"prefix": True} if "prefix" in signature(self.store.search).parameters else {}
+        try:
+            hits = self.store.search(text, limit=SEARCH_LIMIT, include_reasoning=True,
+                                     highlight=(_MARK_START, _MARK_END), **extra)
+        except LocalR1Error as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
+            hits = []
         self.post_message(SearchResults(text, hits))
 
     def on_search_results(self, message: SearchResults) -> None:

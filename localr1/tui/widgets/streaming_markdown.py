@@ -130,6 +130,11 @@ class StreamingMarkdown(Vertical):
             whole.display = True
         await self.remove_children(pieces)
 
+    async def prepare(self) -> None:
+        """Mount the (empty) streaming tail now, before the first text arrives."""
+        if self._stream is None and not self._finished:
+            await self._new_tail()
+
     async def _new_tail(self) -> None:
         self._tail = MessageMarkdown()
         await self.mount(self._tail)
