@@ -83,6 +83,7 @@ class LocalR1App(App[None]):
                                            if self.model_path else "unknown model")
         self.engine_config: EngineConfig | None = None  # None: injected, do not reload it
         self._last_good_config: EngineConfig | None = None
+        self.failed_configs: set[EngineConfig] = set()
         self.model_state: ModelState = "ready" if engine is not None else "none"
         self.model_problem: str | None = None
         self.loading_label: str | None = None
@@ -165,6 +166,7 @@ class LocalR1App(App[None]):
             self.post_message(ModelLoaded(engine, config, config.model_path.name))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.failed_configs.discard(message.config)
         self.engine = message.engine
         self._owns_engine = True
         self.engine_config = self._last_good_config = message.config
@@ -175,6 +177,7 @@ class LocalR1App(App[None]):
         self._tell_chat()
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.failed_configs.add(message.config)
         self.model_state = "failed"
         self.model_problem = f"could not load {message.config.model_path.name} — ctrl+l: models"
         self.notify(message.error, title="Model not loaded", severity="error", markup=False,

@@ -247,3 +247,22 @@ async def test_switching_to_a_broken_model_falls_back_to_the_previous_one(make_a
         assert app.model_path == r1_prefill_model and app.engine is not None
         await send(pilot, "still works?")
         assert app.chat._last_answer().finish_reason == "stop"
+
+
+async def test_a_conversation_with_another_context_size_reloads_then_sends(make_app,
+                                                                         r1_prefill_model):
+    from dataclasses import replace
+
+    app = make_app(model_path=r1_prefill_model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
+        chat = app.chat
+        assert app.engine.info.n_ctx == 4096
+        chat.conv_settings = replace(chat.conv_settings, context_size=1024)
+        chat.prompt.text = "hello after a reload"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat._turn_seq == 1 and chat.turn is None,
+                       what="the reload and the turn")
+        assert app.engine.info.n_ctx == 1024
+        assert chat._last_answer().finish_reason == "stop"
+        assert chat.prompt.text == ""
