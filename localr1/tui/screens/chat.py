@@ -280,6 +280,26 @@ class ChatScreen(Screen[None]):
                                 show_timings=app.show_timings,
                                 expect_reasoning=expect_reasoning)
 
+
+    def _last_user_message(self, nothing_text: str):
+        """(active branch, its last user message) to regenerate or edit; None after telling
+        the user why not (a reply still streaming, or nothing sent yet)."""
+        if self.turn is not None:
+            self.notify("A reply is still streaming: esc stops it.", severity="warning")
+            return None
+        if self.conversation is None:
+            self.notify(nothing_text)
+            return None
+        try:
+            branch = self.app.store.branch(self.conversation.id)
+        except LocalR1Error as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return None
+        last_user = next((m for m in reversed(branch) if m.role == "user"), None)
+        if last_user is None:
+            self.notify(nothing_text)
+            return None
+        return branch, last_user
     def _versions(self, message: Message) -> Versions | None:
         try:
             siblings = self.app.store.alternates(message.id)
@@ -338,21 +358,10 @@ class ChatScreen(Screen[None]):
                          user_widget=user_widget, widget=widget)
 
     async def action_regenerate(self) -> None:
-        if self.turn is not None:
-            self.notify("A reply is still streaming: esc stops it.", severity="warning")
+        found = self._last_user_message("Nothing to regenerate yet.")
+        if found is None:
             return
-        if self.conversation is None:
-            self.notify("Nothing to regenerate yet.")
-            return
-        try:
-            branch = self.app.store.branch(self.conversation.id)
-        except LocalR1Error as exc:
-            self.notify(str(exc), severity="error", markup=False)
-            return
-        last_user = next((m for m in reversed(branch) if m.role == "user"), None)
-        if last_user is None:
-            self.notify("Nothing to regenerate yet.")
-            return
+        branch, last_user = found
         if not self._model_ready_for_turn(self.action_regenerate):
             return
         user_widget = self._user_widget(last_user.id)
@@ -607,21 +616,10 @@ class ChatScreen(Screen[None]):
 
     @on(PromptInput.EditLastRequested)
     def action_edit_last(self) -> None:
-        if self.turn is not None:
-            self.notify("A reply is still streaming: esc stops it.", severity="warning")
+        found = self._last_user_message("No message to edit yet.")
+        if found is None:
             return
-        if self.conversation is None:
-            self.notify("No message to edit yet.")
-            return
-        try:
-            branch = self.app.store.branch(self.conversation.id)
-        except LocalR1Error as exc:
-            self.notify(str(exc), severity="error", markup=False)
-            return
-        last_user = next((m for m in reversed(branch) if m.role == "user"), None)
-        if last_user is None:
-            self.notify("No message to edit yet.")
-            return
+        branch, last_user = found
         if self.editing is None:
             self._stashed_prompt = self.prompt.text
         self.editing = last_user
