@@ -3,7 +3,7 @@
 A headless `localr1 chat` streams a 4,000-token Markdown reply (headings, paragraphs, lists,
 code blocks). A thread replays it at 1,000 tokens/s into the same `TurnBuffer` the generating
 worker fills; the chat screen's flush timer drains it into the message view exactly as in a
-real turn, and the one full render at the end is timed too.
+real turn, and the final render at the end of the reply is timed too.
 
 UI time is the event loop's busy time (every callback and task step, Textual's layout and
 rendering included), measured by wrapping asyncio's Handle._run. The busy time between two

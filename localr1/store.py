@@ -136,14 +136,18 @@ def title_from_text(text: str, limit: int = TITLE_LENGTH) -> str | None:
     return cut.rstrip(" ,.;:-") + "…"
 
 
-def fts_query(text: str) -> str:
+def fts_query(text: str, *, prefix: bool = False) -> str:
     """User text as an FTS5 query that cannot be a syntax error: every word a quoted phrase.
 
     Quoting turns AND/OR/NOT/NEAR, `*`, `:`, `-`, `^` and brackets into plain words; words that
-    hold no letters or digits become empty phrases, which FTS5 ignores.
+    hold no letters or digits become empty phrases, which FTS5 ignores. With `prefix` the last
+    word also matches longer words ("gree" finds "greeted"), for a filter box typed into.
     """
     text = text.replace("\x00", " ").encode("utf-8", "ignore").decode("utf-8")
-    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    phrases = ['"' + word.replace('"', '""') + '"' for word in text.split()]
+    if prefix and phrases and any(c.isalnum() for c in phrases[-1]):
+        phrases[-1] += "*"
+    return " ".join(phrases)
 
 
 def _now() -> str:
@@ -589,7 +593,8 @@ class Store:
     # -- search --
 
     def search(self, query: str, *, limit: int = 20, include_reasoning: bool = False,
-               highlight: tuple[str, str] = ("**", "**")) -> list[SearchHit]:
+               highlight: tuple[str, str] = ("**", "**"),
+               prefix: bool = False) -> list[SearchHit]:
         """Titles and message content (reasoning too on request), best bm25 first.
 
         Every word of `query` must match, as a plain word (FTS syntax is quoted away).
@@ -597,7 +602,7 @@ class Store:
         too. A word found in more than RANK_WINDOW messages ranks only the newest
         RANK_WINDOW of them (ranking is per matching row; this keeps a search under ~10 ms).
         """
-        match = fts_query(query)
+        match = fts_query(query, prefix=prefix)
         if not match or limit <= 0:
             return []
         message_match = match if include_reasoning else f"{{content}} : ({match})"

@@ -584,6 +584,14 @@ def test_two_processes_writing_at_once_never_see_a_lock(tmp_path: Path) -> None:
 def test_fts_query_quotes_every_word() -> None:
     assert fts_query('say "hi" AND') == '"say" """hi""" "AND"'
     assert fts_query("   ") == ""
+    assert fts_query("blue gree", prefix=True) == '"blue" "gree"*'
+    assert fts_query("gree ---", prefix=True) == '"gree" "---"'
+
+
+def test_prefix_search_matches_words_being_typed(search_store: Store) -> None:
+    whole = {hit.conversation_id for hit in search_store.search("sky")}
+    assert whole and not search_store.search("sk")
+    assert {hit.conversation_id for hit in search_store.search("sk", prefix=True)} >= whole
 
 
 @pytest.mark.parametrize("query", HOSTILE)
@@ -591,6 +599,7 @@ def test_hostile_search_strings_never_raise(search_store: Store, query: str) -> 
     search_store.search(query)
     search_store.search(query, include_reasoning=True)
     search_store.search(f"sky {query}")
+    search_store.search(query, prefix=True)
 
 
 @settings(max_examples=150, deadline=None)
@@ -598,6 +607,7 @@ def test_hostile_search_strings_never_raise(search_store: Store, query: str) -> 
 def test_arbitrary_search_text_never_raises(search_store: Store, query: str) -> None:
     for hit in search_store.search(query, limit=5):
         assert isinstance(hit.snippet, str)
+    search_store.search(query, limit=5, prefix=True)
 
 
 def test_empty_queries_find_nothing(search_store: Store) -> None:

@@ -8,6 +8,7 @@ and drive it with `App.run_test()`.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -25,7 +26,6 @@ from localr1.tui.conversation_settings import ConversationSettings
 from localr1.tui.messages import ModelLoaded, ModelLoadFailed
 from localr1.tui.prefs import TuiPrefs
 from localr1.tui.screens.chat import ChatScreen
-from localr1.tui.screens.help import HelpScreen
 from localr1.tui.terminal_driver import terminal_driver_class
 
 if TYPE_CHECKING:  # llama.cpp's bindings, the model library: loaded after the first paint
@@ -214,6 +214,8 @@ class LocalR1App(App[None]):
         self.push_screen(ModelsScreen(self.paths.models_dir, self.model_path), chosen)
 
     def action_help(self) -> None:
+        from localr1.tui.screens.help import HelpScreen
+
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
@@ -313,6 +315,7 @@ class LocalR1App(App[None]):
             turn.cancel.set()
             if turn.running:
                 turn.done.wait(SHUTDOWN_WAIT_SECONDS)
+            sys.setswitchinterval(turn.switch_interval)
         if self._owns_engine and self.engine is not None and \
                 (turn is None or not turn.running or turn.done.is_set()):
             with contextlib.suppress(Exception):

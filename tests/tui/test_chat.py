@@ -278,3 +278,22 @@ async def test_command_palette_runs_actions(make_app, prefill_engine):
         await pilot.pause(0.3)
         await press_and_wait_turn(pilot, "enter")
         assert len(app.store.alternates(app.chat._last_answer().message_id)) == 2
+
+
+async def test_sidebar_reads_a_page_at_a_time(make_app, store, prefill_engine):
+    from localr1.tui.widgets.sidebar import PAGE_SIZE
+
+    for i in range(PAGE_SIZE + 5):
+        store.create_conversation(model="m", title=f"Conversation {i}")
+    app = make_app(engine=prefill_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        options = app.chat.sidebar.options
+        ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
+        assert sum(1 for i in ids if i and i.startswith("c")) == PAGE_SIZE
+        assert ids[-1] == "more"
+        options.focus()
+        options.highlighted = options.option_count - 1
+        await pilot.press("enter")
+        ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
+        assert sum(1 for i in ids if i and i.startswith("c")) == PAGE_SIZE + 5
+        assert "more" not in ids

@@ -27,7 +27,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Markdown, Static
+from textual.widgets import Footer, Input, Static
 
 from localr1.errors import LocalR1Error
 from localr1.store import Conversation, Message
@@ -36,28 +36,39 @@ from localr1.tui.conversation_settings import ConversationSettings
 from localr1.tui.formatting import literal, one_line
 from localr1.tui.markdown_split import code_blocks
 from localr1.tui.messages import ContextWasTrimmed, TurnEnded, TurnFailed
-from localr1.tui.screens.dialogs import ConfirmScreen, TextPromptScreen
-from localr1.tui.screens.settings import SettingsResult, SettingsScreen
 from localr1.tui.turn_buffer import Drained, TurnBuffer
-from localr1.tui.widgets.message_view import AssistantMessage, UserMessage, Versions
 from localr1.tui.widgets.model_header import ModelHeader
 from localr1.tui.widgets.prompt_input import PromptInput
 from localr1.tui.widgets.sidebar import ConversationSidebar
 from localr1.tui.widgets.status_line import StatusFacts, StatusLine
 
 if TYPE_CHECKING:
+    from textual.widgets import Markdown
+
     from localr1.chat_session import ChatSession
     from localr1.engine import GenerationParams
     from localr1.tui.app import LocalR1App
+    from localr1.tui.screens.settings import SettingsResult
+    from localr1.tui.widgets.message_view import AssistantMessage, UserMessage, Versions
+
+
+def _views():
+    """The message widgets, imported on first use: they pull in the Markdown renderer
+    (markdown-it, Pygments), which a fresh chat does not need for its first paint."""
+    from localr1.tui.widgets import message_view
+
+    return message_view
 
 FLUSH_SECONDS = 0.1  # how often streamed text reaches the screen, at most
 # While the model computes on the CPU, every millisecond the view spends is taken from
-# llama.cpp's threads (measured here: 20-40 ms of layout and paint per update on two busy
-# cores, and a stalled llama.cpp thread holds up its partner), so updates are spaced to keep
-# the view's share of the time near UI_CPU_SHARE, but never fewer than one every
-# MAX_FLUSH_SECONDS. On a fast machine that is still ~5 updates a second.
-UI_CPU_SHARE = 0.04
-MAX_FLUSH_SECONDS = 0.5
+# llama.cpp's threads (measured here: ~25 ms of CPU for an update's append, layout and paint
+# on two busy cores, and a stalled llama.cpp thread holds up its partner). So updates are
+# spaced to keep the event loop's CPU time near UI_CPU_SHARE of the wall time (at most one
+# update every MAX_FLUSH_SECONDS): ~3 updates a second on this 2-core VM, ~10 on a machine
+# where an update costs 3 ms. Measured with bench/tui_overhead.py: rendering nothing until
+# the end matches raw llama-cpp-python (1.03); every 0.1 s costs ~15%.
+UI_CPU_SHARE = 0.03
+MAX_FLUSH_SECONDS = 0.75
 # While a turn runs, hand the GIL over sooner: the generating thread needs it briefly a few
 # times per token, and with Python's 5 ms default a burst of UI work (mounting, layout) makes
 # it wait that long each time (measured: a main thread 25% busy cost 18% of the tokens/s
@@ -88,6 +99,7 @@ class ActiveTurn:
     running: bool = False  # the worker started (it sets `done` when it ends)
     switch_interval: float = 0.005  # the GIL switch interval to restore at the end
     next_render_at: float = 0.0
+    ui_cpu_mark: float | None = None  # time.thread_time() of the event loop at the last update
 
 
 class ChatScreen(Screen[None]):
@@ -259,7 +271,7 @@ class ChatScreen(Screen[None]):
         for message in visible:
             versions = self._versions(message) if message in (last_user, last_answer) else None
             if message.role == "user":
-                widgets.append(UserMessage(message.content, message.id, versions))
+                widgets.append(_views().UserMessage(message.content, message.id, versions))
             else:
                 widgets.append(self._answer_widget(message, versions))
         if not visible:
@@ -275,7 +287,7 @@ class ChatScreen(Screen[None]):
         app = self.app
         label = message.model if message is not None else app.model_label
         expect_reasoning = message is None and app.engine is not None and app.engine.info.is_r1
-        return AssistantMessage(model_label=label, message=message, versions=versions,
+        return _views().AssistantMessage(model_label=label, message=message, versions=versions,
                                 keep_reasoning_open=app.prefs.keep_reasoning_open,
                                 show_timings=app.show_timings,
                                 expect_reasoning=expect_reasoning)
@@ -306,7 +318,8 @@ class ChatScreen(Screen[None]):
         except LocalR1Error:
             return None
         ids = [m.id for m in siblings]
-        return Versions(ids.index(message.id) + 1, len(ids)) if message.id in ids else None
+        return _views().Versions(ids.index(message.id) + 1, len(ids)) \
+            if message.id in ids else None
 
     @on(ConversationSidebar.Selected)
     async def _conversation_selected(self, event: ConversationSidebar.Selected) -> None:
@@ -348,7 +361,7 @@ class ChatScreen(Screen[None]):
         if editing is not None:
             await self._remove_from(editing.id)
         await log.query(".empty").remove()
-        user_widget = UserMessage(text)
+        user_widget = _views().UserMessage(text)
         widget = self._answer_widget(None)
         await log.mount_all([user_widget, widget])
         log.anchor()
@@ -491,13 +504,17 @@ class ChatScreen(Screen[None]):
             assert turn.timer is not None
             turn.timer.stop()  # last: it cancels this very task at its next await
         elif turn.cpu_bound:
-            self.call_after_refresh(self._pace, turn, started)
+            self._pace(turn, started)
 
-    def _pace(self, turn: ActiveTurn, started: float) -> None:
-        """After the update's layout and paint: when the next update may come."""
-        cost = time.perf_counter() - started
-        turn.next_render_at = started + min(MAX_FLUSH_SECONDS,
-                                            max(FLUSH_SECONDS, cost / UI_CPU_SHARE))
+    def _pace(self, turn: ActiveTurn, now: float) -> None:
+        """When the next update may come: the CPU time this (event-loop) thread spent since
+        the previous update, its layout and paint and everything else included, divided by
+        the share the view may take."""
+        cpu = time.thread_time()
+        spent = cpu - turn.ui_cpu_mark if turn.ui_cpu_mark is not None else 0.0
+        turn.ui_cpu_mark = cpu
+        turn.next_render_at = now + min(MAX_FLUSH_SECONDS,
+                                        max(FLUSH_SECONDS, spent / UI_CPU_SHARE))
 
     async def _render_buffer(self, turn: ActiveTurn) -> Drained:
         drained = turn.buffer.drain()
@@ -682,13 +699,13 @@ class ChatScreen(Screen[None]):
         await self.log_view.remove_children(children[children.index(widget) + 1:])
 
     def _user_widget(self, message_id: int) -> UserMessage | None:
-        for widget in self.log_view.query_children(UserMessage):
+        for widget in self.log_view.query_children(_views().UserMessage):
             if widget.message_id == message_id:
                 return widget
         return None
 
     def _last_answer(self) -> AssistantMessage | None:
-        answers = list(self.log_view.query_children(AssistantMessage))
+        answers = list(self.log_view.query_children(_views().AssistantMessage))
         return answers[-1] if answers else None
 
     # ---- copy, reasoning -------------------------------------------------------------------
@@ -722,7 +739,7 @@ class ChatScreen(Screen[None]):
         return len(code_blocks(answer.answer_text)) if answer is not None else 0
 
     def action_toggle_reasoning(self) -> None:
-        for answer in reversed(list(self.log_view.query_children(AssistantMessage))):
+        for answer in reversed(list(self.log_view.query_children(_views().AssistantMessage))):
             if answer.reasoning is not None:
                 answer.reasoning.collapsed = not answer.reasoning.collapsed
                 if not answer.reasoning.collapsed:
@@ -731,8 +748,7 @@ class ChatScreen(Screen[None]):
                 return
         self.notify("No reasoning to show.")
 
-    @on(Markdown.LinkClicked)
-    def _link_clicked(self, event: Markdown.LinkClicked) -> None:
+    def on_markdown_link_clicked(self, event: Markdown.LinkClicked) -> None:
         # Model output chooses its links: never open them, offer to copy instead.
         event.stop()
         self.app.copy_to_clipboard(event.href)
@@ -778,6 +794,8 @@ class ChatScreen(Screen[None]):
                 return
             self._refresh_conversation()
 
+        from localr1.tui.screens.dialogs import TextPromptScreen
+
         self.app.push_screen(TextPromptScreen("Rename the conversation:",
                                               conversation.title or ""), renamed)
 
@@ -817,12 +835,16 @@ class ChatScreen(Screen[None]):
             self.sidebar.reload(None)
             self.notify("Deleted.")
 
+        from localr1.tui.screens.dialogs import ConfirmScreen
+
         self.app.push_screen(ConfirmScreen(question), answered)
 
     def action_export(self) -> None:
         conversation = self._need_conversation()
         if conversation is None:
             return
+        from localr1.tui.screens.dialogs import ConfirmScreen, TextPromptScreen
+
         slug = re.sub(r"[^A-Za-z0-9]+", "-", conversation.title or "").strip("-").lower()[:40]
         default = Path.cwd() / f"{slug or 'conversation'}-{conversation.id}.md"
 
@@ -851,6 +873,8 @@ class ChatScreen(Screen[None]):
         self.notify(f"Exported to {path.resolve()}", markup=False, timeout=8)
 
     def action_settings(self) -> None:
+        from localr1.tui.screens.settings import SettingsScreen
+
         app = self.app
         assert self.conv_settings is not None
         editable = self.conversation is None or app.can_save_system_prompt

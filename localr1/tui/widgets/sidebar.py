@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from inspect import signature
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -26,7 +25,7 @@ from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import day_group, literal, one_line
 from localr1.tui.messages import SearchResults
 
-PAGE_SIZE = 100
+PAGE_SIZE = 50  # a screenful and more; "More…" reads the next page
 SEARCH_LIMIT = 50
 SEARCH_DELAY = 0.15  # seconds of no typing before the filter searches
 # Marks around matched words in snippets; private-use characters nobody types.
@@ -185,12 +184,10 @@ class ConversationSidebar(Vertical):
 
     @work(thread=True, exclusive=True, group="search", exit_on_error=False)
     def _run_search(self, text: str) -> None:
-        # A filter box matches as you type ("gree" finds "greeted") once the store offers
-        # prefix matching; until then, whole words.
-        extra = {"prefix": True} if "prefix" in signature(self.store.search).parameters else {}
+        # A filter box matches as you type: "gree" finds "greeted".
         try:
             hits = self.store.search(text, limit=SEARCH_LIMIT, include_reasoning=True,
-                                     highlight=(_MARK_START, _MARK_END), **extra)
+                                     highlight=(_MARK_START, _MARK_END), prefix=True)
         except LocalR1Error as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
             hits = []
