@@ -17,8 +17,7 @@ import click
 
 if TYPE_CHECKING:
     from localr1.catalog import Catalog, CatalogEntry
-    from localr1.fit import Fit, MachineMemory
-    from localr1.hub import PullPlan
+    from localr1.fit import MachineMemory
     from localr1.model_registry import InstalledModel
 
 
@@ -40,7 +39,7 @@ def pull(name: str, yes: bool) -> None:
       localr1 pull bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF:Q6_K
     """
     from localr1.catalog import load_catalog
-    from localr1.fit import machine_memory
+    from localr1.fit import fit_text, machine_memory, plan_fit
     from localr1.hub import PullInterrupted, resolve_pull
     from localr1.library import pull_model
     from localr1.paths import app_paths
@@ -48,10 +47,10 @@ def pull(name: str, yes: bool) -> None:
     from localr1.sizes import format_bytes
 
     plan = resolve_pull(name, load_catalog())
-    fit = _plan_fit(plan, machine_memory())
+    fit = plan_fit(plan, machine_memory())
     parts = f", {len(plan.files)} parts" if len(plan.files) > 1 else ""
     click.echo(f"{plan.name}: {plan.repo} ({format_bytes(plan.size_bytes)}{parts}); "
-               f"{_fit_text(fit)}", err=True)
+               f"{fit_text(fit)}", err=True)
     if not fit.runs and not yes:
         click.confirm(f"{plan.name} needs about {format_bytes(fit.needed_bytes)} of memory; "
                       "download anyway?", abort=True, err=True)
@@ -69,23 +68,6 @@ def pull(name: str, yes: bool) -> None:
         click.echo(f"{plan.name} is already installed and verified: {result.model.path}")
     else:
         click.echo(f"pulled {plan.name}: {result.model.path}")
-
-
-def _plan_fit(plan: PullPlan, machine: MachineMemory) -> Fit:
-    from localr1.fit import ModelShape, assess, default_context_size, shape_from_catalog
-
-    entry = plan.catalog_entry
-    shape = shape_from_catalog(entry.model, plan.size_bytes) if entry else \
-        ModelShape(plan.size_bytes, None, None, None, None, None)
-    return assess(shape, default_context_size(), machine)
-
-
-def _fit_text(fit: Fit) -> str:
-    from localr1.sizes import format_bytes
-
-    kv = f"KV cache for {fit.n_ctx} tokens" if fit.kv_known else "KV cache unknown until " \
-        "downloaded"
-    return f"{fit.label} (needs about {format_bytes(fit.needed_bytes)}: weights, {kv})"
 
 
 # ---- list ------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ value) becomes a ConfigError whose message is `file:line:column: what is wrong`.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -59,6 +61,48 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_format_toml_error(path, exc)) from None
     return _settings_from_mapping(data, path, text)
+
+
+_DEFAULT_MODEL_LINE = re.compile(r"""^\s*["']?default_model["']?\s*=""")
+
+
+def set_default_model(path: Path, name: str) -> None:
+    """Write `default_model = "name"` into config.toml, keeping every other line (comments
+    included) as it is; the file is replaced atomically and only if the result still reads
+    as a valid config."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    load_settings(path)  # a broken file is reported, never rewritten
+    lines = old.splitlines(keepends=True)
+    new_line = f"default_model = {json.dumps(name)}\n"  # a JSON string is a TOML string
+    top_level_end = next((i for i, line in enumerate(lines)
+                          if line.lstrip().startswith("[")), len(lines))
+    found = next((i for i in range(top_level_end) if _DEFAULT_MODEL_LINE.match(lines[i])), None)
+    if found is not None:
+        lines[found] = new_line
+    else:  # after the last top-level line, before the blank lines ahead of the first [table]
+        at = top_level_end
+        while at and not lines[at - 1].strip():
+            at -= 1
+        if at and not lines[at - 1].endswith("\n"):
+            lines[at - 1] += "\n"
+        blank = ["\n"] if at == top_level_end < len(lines) else []
+        lines[at:at] = [new_line, *blank]
+    text = "".join(lines)
+    try:
+        written = _settings_from_mapping(tomllib.loads(text), path, text)
+    except (tomllib.TOMLDecodeError, ConfigError):
+        written = None
+    if written is None or written.default_model != name:
+        raise ConfigError(f"{path}: could not set default_model automatically; "
+                          f"add the line default_model = {json.dumps(name)} by hand")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write config: {exc}") from None
 
 
 def _format_toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from localr1 import hardware
+from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
     from localr1.catalog import CatalogEntry, CatalogModel
+    from localr1.hub import PullPlan
     from localr1.model_registry import GGUFSummary
 
 FITS_IN_GPU = "fits in GPU"
@@ -117,6 +119,22 @@ def default_context_size() -> int:
     from localr1.paths import app_paths
 
     return load_settings(app_paths().config_file).context_size
+
+
+def plan_fit(plan: PullPlan, machine: MachineMemory) -> Fit:
+    """The fit of a model about to be pulled: catalog facts when it is a catalog entry, the
+    download size alone otherwise (its KV cache is unknown until the header is read)."""
+    entry = plan.catalog_entry
+    shape = shape_from_catalog(entry.model, plan.size_bytes) if entry else \
+        ModelShape(plan.size_bytes, None, None, None, None, None)
+    return assess(shape, default_context_size(), machine)
+
+
+def fit_text(fit: Fit) -> str:
+    """E.g. "CPU only, fits in RAM (needs about 1.4 GB: weights, KV cache for 8192 tokens)"."""
+    kv = f"KV cache for {fit.n_ctx} tokens" if fit.kv_known else \
+        "KV cache unknown until downloaded"
+    return f"{fit.label} (needs about {format_bytes(fit.needed_bytes)}: weights, {kv})"
 
 
 def assess_catalog_entry(entry: CatalogEntry, n_ctx: int, machine: MachineMemory) -> Fit:

@@ -117,3 +117,31 @@ def test_gpu_layers_parsing():
     assert parse_gpu_layers("33") == 33
     with pytest.raises(ValueError):
         parse_gpu_layers("-5")
+
+
+def test_set_default_model_keeps_the_rest_of_the_file(tmp_path):
+    from localr1.config import set_default_model
+
+    path = tmp_path / "config.toml"
+    set_default_model(path, "r1:7b")  # no file yet
+    assert path.read_text() == 'default_model = "r1:7b"\n'
+    path.write_text("# my settings\ncontext_size = 4096  # short\n\n"
+                    "[sampling]\ntemperature = 0.5\n")
+    set_default_model(path, 'odd "name"')
+    assert path.read_text() == ('# my settings\ncontext_size = 4096  # short\n'
+                                'default_model = "odd \\"name\\""\n\n[sampling]\n'
+                                'temperature = 0.5\n')
+    set_default_model(path, "r1")  # replaced in place, not added twice
+    assert path.read_text().count("default_model") == 1
+    assert load_settings(path).default_model == "r1"
+    assert load_settings(path).sampling.temperature == 0.5
+
+
+def test_set_default_model_never_rewrites_a_broken_file(tmp_path):
+    from localr1.config import set_default_model
+
+    path = tmp_path / "config.toml"
+    path.write_text("context_size = = 3\n")
+    with pytest.raises(ConfigError, match=r"config.toml:1:"):
+        set_default_model(path, "r1")
+    assert path.read_text() == "context_size = = 3\n"

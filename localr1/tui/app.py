@@ -211,7 +211,11 @@ class LocalR1App(App[None]):
                     (path is not None and self.engine is None):
                 self.use_model(path)
 
-        self.push_screen(ModelsScreen(self.paths.models_dir, self.model_path), chosen)
+        # One instance for the app's life: a pull started there goes on while you chat.
+        if not self.is_screen_installed("models"):
+            self.install_screen(ModelsScreen(self.paths.models_dir, self.model_path,
+                                             self.settings.default_model), "models")
+        self.push_screen("models", chosen)
 
     def action_help(self) -> None:
         from localr1.tui.screens.help import HelpScreen

@@ -63,3 +63,4 @@ class ModelDetails(Message):
     """The installed models, listed in a worker (headers of big GGUFs are slow to read)."""
 
     rows: list  # list[localr1.tui.screens.models.ModelRow]
+    catalog: list  # list[localr1.tui.screens.models.CatalogRow]: not installed here

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from localr1 import fit
 from localr1.config import Settings
 from localr1.paths import AppPaths
 from localr1.tui.app import LocalR1App
@@ -63,8 +66,30 @@ def test_chat_reasoning_open_narrow(snap_compare, store, prefill_engine):
     assert snap_compare(app, terminal_size=(70, 30), run_before=run_before)
 
 
-def test_welcome_screen(snap_compare, store):
-    assert snap_compare(_app(store), terminal_size=(100, 32))
+@pytest.fixture
+def fixed_machine(monkeypatch):
+    """Fit labels from a fixed machine (16 GB of RAM free, no GPU), not from this one's."""
+    machine = fit.MachineMemory(16 * 10**9, 32 * 10**9, False, 0, "CPU")
+    monkeypatch.setattr(fit, "machine_memory", lambda: machine)
+
+
+async def _wait_for_workers(pilot) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_welcome_screen(snap_compare, store, fixed_machine):
+    assert snap_compare(_app(store), terminal_size=(100, 32), run_before=_wait_for_workers)
+
+
+def test_models_screen(snap_compare, store, prefill_engine, fixed_machine):
+    async def run_before(pilot) -> None:
+        await pilot.press("ctrl+l")
+        await _wait_for_workers(pilot)
+        await pilot.pause(0.2)
+
+    app = _app(store, engine=prefill_engine)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
 
 
 def test_settings_screen(snap_compare, store, prefill_engine):

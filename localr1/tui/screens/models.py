@@ -1,9 +1,12 @@
-"""Ctrl+L: the installed models — size, quant, fit, last used — use one for this chat, or
-remove one.
+"""Ctrl+L: the model manager. Installed models (size, quant, fit, last used): use one for this
+chat, set the default, remove one. The catalog's models not installed here, with their fit and
+the quant recommended for this machine: pull one with a live progress bar (cancel, resume).
 
 Listing reads GGUF headers (slow for big files) and the fit estimate probes memory, so a worker
-does it and posts `ModelDetails`; the screen stays responsive meanwhile. Removal goes through
-`library.remove_model`: our own copies are deleted, imported files are only forgotten.
+does it and posts `ModelDetails`; the screen stays responsive meanwhile. The app installs this
+screen once, so a download goes on while you chat and the screen shows it when you come back.
+Removal goes through `library.remove_model`: our own copies are deleted, imported files are
+only forgotten.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
@@ -26,12 +29,22 @@ from localr1.sizes import format_bytes
 from localr1.tui.formatting import literal
 from localr1.tui.messages import ModelDetails
 from localr1.tui.screens.dialogs import ConfirmScreen
+from localr1.tui.widgets.pull_panel import PullPanel
 
 
 @dataclass(frozen=True)
 class ModelRow:
     model: InstalledModel
     fit: str
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    name: str
+    title: str
+    size_bytes: int
+    fit: str
+    recommended: bool
 
 
 def _fit_label(model: InstalledModel) -> str:
@@ -65,42 +78,66 @@ class ModelsScreen(Screen[Path | None]):
     DEFAULT_CSS = """
     ModelsScreen > .title { padding: 0 1; text-style: bold; background: $primary-background; }
     ModelsScreen > .folder { padding: 0 1; color: $text-muted; }
-    ModelsScreen > DataTable { height: 1fr; }
+    ModelsScreen > .section { padding: 0 1; margin-top: 1; text-style: bold; }
+    ModelsScreen > #installed { height: auto; max-height: 1fr; }
+    ModelsScreen > #available { height: 1fr; }
     ModelsScreen > .hint { padding: 0 1; color: $text-muted; height: auto; }
     """
-    BINDINGS = [Binding("enter", "use", "Use for this chat", priority=True),
+    BINDINGS = [Binding("enter", "select", "Use / pull", show=True),
+                Binding("p", "pull", "Pull"),
+                Binding("s", "set_default", "Set default"),
                 Binding("delete,d", "delete", "Remove"),
+                Binding("c", "cancel_pull", "Cancel pull"),
                 Binding("r", "refresh", "Refresh"),
                 Binding("escape", "back", "Back")]
 
-    def __init__(self, models_dir: Path, loaded: Path | None) -> None:
+    def __init__(self, models_dir: Path, loaded: Path | None,
+                 default_model: str | None = None) -> None:
         super().__init__()
         self.models_dir = models_dir
         self.loaded = loaded
+        self.default_model = default_model
         self.rows: dict[str, ModelRow] = {}
+        self.catalog_rows: dict[str, CatalogRow] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("Models", classes="title")
         yield Static(Content(f"folder: {self.models_dir}"), classes="folder")
-        yield DataTable(cursor_type="row", zebra_stripes=True, id="models")
-        # HOOK(catalog): when the catalog/puller is wired into the TUI, list the catalog's
-        # models that are not installed here, pull one with a live ProgressBar (cancel,
-        # resume) fed by a thread worker, and add "set as default".
-        yield Static("Pull more with `localr1 pull NAME` in another terminal, then press r.",
-                     classes="hint", markup=False)
+        yield Static("enter uses an installed model or pulls an available one · tab switches "
+                     "lists · downloads go on while you chat", classes="hint")
+        yield Static("Installed", classes="section", id="installed-title")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="installed")
+        yield Static("Available from the Hugging Face Hub  (★ recommended for this machine)",
+                     classes="section")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="available")
+        yield PullPanel(self.models_dir)
         yield Footer()
 
+    @property
+    def installed_table(self) -> DataTable:
+        return self.query_one("#installed", DataTable)
+
+    @property
+    def available_table(self) -> DataTable:
+        return self.query_one("#available", DataTable)
+
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for label, key, width in (("Name", "name", 36), ("Size", "size", 9),
+        for label, key, width in (("Name", "name", 34), ("Size", "size", 9),
                                   ("Quant", "quant", 8), ("Fit", "fit", 26),
-                                  ("Last used", "used", 12), ("", "state", 8)):
-            table.add_column(label, key=key, width=width)
+                                  ("Last used", "used", 12), ("", "state", 18)):
+            self.installed_table.add_column(label, key=key, width=width)
+        for label, key, width in (("", "star", 1), ("Name", "name", 20), ("Model", "title", 30),
+                                  ("Size", "size", 9), ("Fit", "fit", 26)):
+            self.available_table.add_column(label, key=key, width=width)
+        self.installed_table.focus()
+
+    def on_screen_resume(self) -> None:
+        """Every time the screen is shown: the current model and a fresh listing."""
+        self.loaded = getattr(self.app, "model_path", self.loaded)
         self.action_refresh()
-        table.focus()
 
     def action_refresh(self) -> None:
-        self.query_one(DataTable).loading = True
+        self.installed_table.loading = True
         self._list_models()
 
     @work(thread=True, exclusive=True, group="model-list", exit_on_error=False)
@@ -110,39 +147,120 @@ class ModelsScreen(Screen[Path | None]):
         except (LocalR1Error, OSError) as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
             models = []
-        self.post_message(ModelDetails([ModelRow(m, _fit_label(m)) for m in models]))
+        installed = [ModelRow(m, _fit_label(m)) for m in models]
+        self.post_message(ModelDetails(installed, _catalog_rows(models)))
 
     def on_model_details(self, message: ModelDetails) -> None:
-        table = self.query_one(DataTable)
+        table = self.installed_table
         table.loading = False
+        keep = table.cursor_row
         table.clear()
         self.rows = {str(row.model.path): row for row in message.rows}
         for key, row in self.rows.items():
             model = row.model
             table.add_row(literal(model.name), format_bytes(model.size_bytes),
                           literal(model.summary.quant or "?"), row.fit, _ago(model.last_used),
-                          "● in use" if model.path == self.loaded else "", key=key)
+                          self._state(model), key=key)
+        table.move_cursor(row=min(keep, max(0, table.row_count - 1)))
+        self.query_one("#installed-title", Static).update(
+            "Installed" if self.rows else
+            "Installed: none yet — pull one below, or `localr1 import PATH.gguf`")
+        available = self.available_table
+        keep = available.cursor_row
+        available.clear()
+        self.catalog_rows = {row.name: row for row in message.catalog}
+        for row in message.catalog:
+            available.add_row("★" if row.recommended else "", row.name, row.title,
+                              format_bytes(row.size_bytes), row.fit, key=row.name)
+        available.move_cursor(row=min(keep, max(0, available.row_count - 1)))
         if not self.rows:
-            self.notify(f"No models installed in {self.models_dir}", markup=False)
+            available.focus()
+
+    def _state(self, model: InstalledModel) -> str:
+        marks = []
+        if model.path == self.loaded:
+            marks.append("● in use")
+        if self.default_model and self.default_model in (model.name, str(model.path)):
+            marks.append("default")
+        return ", ".join(marks)
 
     def _selected(self) -> ModelRow | None:
-        table = self.query_one(DataTable)
+        table = self.installed_table
         if not table.row_count:
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return self.rows.get(key or "")
+
+    def _selected_catalog(self) -> CatalogRow | None:
+        table = self.available_table
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.catalog_rows.get(key or "")
+
+    def action_select(self) -> None:
+        if self.focused is self.available_table:
+            self.action_pull()
+        else:
+            self.action_use()
+
+    @on(DataTable.RowSelected, "#installed")
+    def _installed_selected(self) -> None:  # enter or a click on an installed model
+        self.action_use()
+
+    @on(DataTable.RowSelected, "#available")
+    def _available_selected(self) -> None:
+        self.action_pull()
 
     def action_use(self) -> None:
         row = self._selected()
         if row is not None:
             self.dismiss(row.model.path)
 
+    def action_pull(self) -> None:
+        row = self._selected_catalog()
+        if row is None:
+            self.notify("Choose a model in the Available list first.", severity="warning")
+            return
+        self.query_one(PullPanel).start(row.name)
+
+    def action_cancel_pull(self) -> None:
+        self.query_one(PullPanel).cancel()
+
+    @on(PullPanel.Finished)
+    def _pulled(self, event: PullPanel.Finished) -> None:
+        self.app.notify(f"Pulled {event.name}: enter in the models screen (ctrl+l) uses it.",
+                        markup=False, timeout=10)
+        self.action_refresh()
+
+    @on(PullPanel.Stopped)
+    def _pull_stopped(self, event: PullPanel.Stopped) -> None:
+        self.app.notify(f"{event.name}: {event.reason}", severity="warning", markup=False,
+                        timeout=10)
+
+    def action_set_default(self) -> None:
+        row = self._selected()
+        if row is None:
+            return
+        from localr1.config import set_default_model
+
+        config_file = self.app.paths.config_file
+        try:
+            set_default_model(config_file, row.model.name)
+        except LocalR1Error as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        self.default_model = row.model.name
+        self.notify(f"{row.model.name} is the default model (in {config_file}).",
+                    markup=False)
+        self.action_refresh()
+
     def action_back(self) -> None:
         self.dismiss(None)
 
     def action_delete(self) -> None:
         row = self._selected()
-        if row is None:
+        if row is None or self.focused is not self.installed_table:
             return
         model = row.model
         if model.path == self.loaded:
@@ -166,3 +284,25 @@ class ModelsScreen(Screen[Path | None]):
             self.action_refresh()
 
         self.app.push_screen(ConfirmScreen(question, yes="Remove"), answered)
+
+
+def _catalog_rows(installed: list[InstalledModel]) -> list[CatalogRow]:
+    """The catalog's entries that are not installed, recommended ones marked."""
+    try:
+        from localr1.catalog import load_catalog
+        from localr1.fit import (
+            assess_catalog_entry,
+            default_context_size,
+            machine_memory,
+            recommended_entries,
+        )
+
+        entries = load_catalog().entries()
+        n_ctx, machine = default_context_size(), machine_memory()
+        recommended = recommended_entries(entries, n_ctx, machine)
+    except (LocalR1Error, OSError) as exc:
+        return [CatalogRow("?", f"catalog unreadable: {exc}", 0, "", False)]
+    have = {m.catalog_name for m in installed} | {m.name for m in installed}
+    return [CatalogRow(e.name, e.model.title, e.size_bytes,
+                       assess_catalog_entry(e, n_ctx, machine).label, e.name in recommended)
+            for e in entries if e.name not in have]

@@ -1,5 +1,7 @@
-"""First run without a model: how to get one, and a box to type the path of a GGUF.
+"""First run without a model: download the default one in place, or type the path of a GGUF.
 
+The download button names the catalog's default model with its size and fit label (worked out
+in a worker: the fit probes memory and llama.cpp's backend); the pull runs in a `PullPanel`.
 Dismisses with the model's path (the app then loads it), or None to browse the history
 without a model.
 """
@@ -18,6 +20,10 @@ from textual.widgets import Button, Footer, Input, Static
 
 from localr1.errors import LocalR1Error
 from localr1.library import find_installed, import_model, installed_models, resolve_model
+from localr1.sizes import format_bytes
+from localr1.tui.widgets.pull_panel import PullPanel
+
+DEFAULT_PULL = "r1"  # the catalog's default: the smallest distill, fine on any laptop
 
 
 class WelcomeScreen(Screen[Path | None]):
@@ -31,7 +37,8 @@ class WelcomeScreen(Screen[Path | None]):
     WelcomeScreen #error { color: $text-error; height: auto; }
     WelcomeScreen Horizontal { height: auto; }
     WelcomeScreen #model_path { width: 1fr; }
-    WelcomeScreen #pull { margin-top: 1; }
+    WelcomeScreen #pull { width: auto; min-width: 30; }
+    WelcomeScreen #pull-facts { color: $text-muted; margin-bottom: 1; }
     """
     BINDINGS = [Binding("escape", "browse", "Browse history without a model"),
                 Binding("ctrl+r", "rescan", "Look in the models folder again")]
@@ -47,9 +54,14 @@ class WelcomeScreen(Screen[Path | None]):
             yield Static("localr1 chats with DeepSeek-R1 distilled models running on this "
                          "computer, offline. There is no model here yet.", classes="hint")
             yield Static(Content.assemble(
-                ("Download the default model", "bold"), " in another terminal:\n    ",
-                ("localr1 pull r1", "bold $text-accent"),
-                "\nthen press ctrl+r here (it looks in the models folder again)."),
+                ("Download the default model", "bold"), " from the Hugging Face Hub (it "
+                "resumes if interrupted, and is checked against its sha256):"), classes="hint")
+            yield Button(f"Download {DEFAULT_PULL}", id="pull", variant="success")
+            yield Static("", id="pull-facts")
+            yield PullPanel(self.models_dir, id="pull-panel")
+            yield Static(Content.assemble(
+                "Or in another terminal: ", ("localr1 pull r1:7b", "bold $text-accent"),
+                " (see ", ("localr1 list --available", "bold"), "), then ctrl+r here."),
                 classes="hint")
             yield Static(Content.assemble(
                 ("Or use a GGUF you already have", "bold"),
@@ -61,16 +73,33 @@ class WelcomeScreen(Screen[Path | None]):
                             id="model_path")
                 yield Button("Use this file", id="use", variant="primary")
             yield Static(Content(self.problem or ""), id="error")
-            # HOOK(pull): when the catalog/downloader land, this button pulls the default
-            # model in place: name, size and fit label on the button, a ProgressBar fed by
-            # PullProgress messages from a thread worker (cancel/resume), then
-            # self.dismiss(path). Wire it in `action_pull`.
-            yield Button("Download the default model here (coming soon)", id="pull",
-                         disabled=True)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#model_path", Input).focus()
+        self._describe_default()
+
+    @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
+    def _describe_default(self) -> None:
+        """Name, size and fit of the default model on its button."""
+        from localr1.catalog import load_catalog
+        from localr1.fit import assess_catalog_entry, default_context_size, machine_memory
+
+        try:
+            entry = load_catalog().get(DEFAULT_PULL)
+            fit = assess_catalog_entry(entry, default_context_size(), machine_memory())
+        except (LocalR1Error, OSError) as exc:
+            self.app.call_from_thread(self._error, str(exc))
+            return
+        self.app.call_from_thread(self._describe_pull,
+                                  f"Download {entry.name} ({format_bytes(entry.size_bytes)})",
+                                  f"{entry.model.title}, {entry.quant.quant}: {fit.label}")
+
+    def _describe_pull(self, label: str, facts: str) -> None:
+        button = self.query_one("#pull", Button)
+        button.label = Content(label)
+        button.refresh(layout=True)
+        self.query_one("#pull-facts", Static).update(Content(facts))
 
     @on(Input.Submitted, "#model_path")
     @on(Button.Pressed, "#use")
@@ -97,9 +126,19 @@ class WelcomeScreen(Screen[Path | None]):
 
     @on(Button.Pressed, "#pull")
     def action_pull(self) -> None:
-        # HOOK(pull): start the download of the default model here.
-        self.notify("Downloading from the TUI is not wired yet: run `localr1 pull r1`.",
-                    markup=False)
+        self._error("")
+        self.query_one(PullPanel).start(DEFAULT_PULL)
+
+    @on(PullPanel.Finished)
+    def _pulled(self, event: PullPanel.Finished) -> None:
+        self.dismiss(event.path)
+
+    def action_browse(self) -> None:
+        panel = self.query_one(PullPanel)
+        if panel.running:  # esc first stops the download (resumable); again leaves
+            panel.cancel()
+            return
+        self.dismiss(None)
 
     def action_rescan(self) -> None:
         models = installed_models(self.models_dir)
@@ -107,9 +146,6 @@ class WelcomeScreen(Screen[Path | None]):
             self._error(f"still no .gguf file in {self.models_dir}")
             return
         self.dismiss(next(iter(models.values())))
-
-    def action_browse(self) -> None:
-        self.dismiss(None)
 
     def _error(self, text: str) -> None:
         self.query_one("#error", Static).update(Content(text))
