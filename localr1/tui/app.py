@@ -143,7 +143,9 @@ class LocalR1App(App[None]):
         self.model_state = "loading"
         self.loading_label = config.model_path.name
         self._tell_chat()
-        self._load(config, self.engine if self._owns_engine else None)
+        # Start after the next paint: the worker's first act is importing llama.cpp's
+        # bindings (numpy, ctypes), which holds the GIL that drawing the first screen needs.
+        self.call_after_refresh(self._load, config, self.engine if self._owns_engine else None)
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def _load(self, config: EngineConfig, previous: Engine | None) -> None:
