@@ -1,0 +1,93 @@
+"""Smoke-test a frozen localr1 (the PyInstaller bundle, or any `localr1` executable) from
+outside the source tree: --version, doctor, run on a scripted fixture model, and the TUI
+driven in tmux (a prompt sent, the reasoning collapsed to "Thought for", the answer shown).
+
+    python packaging/pyinstaller/smoke_test.py dist/localr1/localr1
+
+Exits 0 when every check passed; prints what it checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.fixtures.scripted_models import ANSWER_TEXT, build_scripted_model  # noqa: E402
+
+
+def check(what: str, ok: bool, detail: str = "") -> None:
+    print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail and not ok else ""))
+    if not ok:
+        sys.exit(1)
+
+
+def run(exe: Path, *args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+
+
+def tui(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
+    if shutil.which("tmux") is None:
+        check("TUI in tmux", False, "tmux is not installed")
+    session = f"localr1-smoke-{os.getpid()}"
+    env_args = [f"{k}={v}" for k, v in env.items() if k.startswith(("LOCALR1_", "HF_"))]
+    command = ["env", *env_args, str(exe), "chat", "--model", str(model)]
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+                    "-c", str(cwd), *command], check=True)
+    try:
+        screen = wait_screen(session, lambda s: "context" in s, "the chat screen")
+        subprocess.run(["tmux", "send-keys", "-t", session, "hi there", "Enter"], check=True)
+        screen = wait_screen(session, lambda s: "Thought for" in s and ANSWER_TEXT in s,
+                             "the answer")
+        check("TUI: prompt sent, reasoning collapsed to 'Thought for', answer shown", True)
+        print("     " + "\n     ".join(line for line in screen.splitlines() if line.strip())[:2000])
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def wait_screen(session: str, done, what: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                capture_output=True, text=True).stdout
+        if done(screen):
+            return screen
+        time.sleep(0.3)
+    check(f"TUI shows {what}", False, "screen was:\n" + screen)
+    return screen
+
+
+def main() -> None:
+    exe = Path(sys.argv[1]).resolve()
+    with tempfile.TemporaryDirectory(prefix="localr1-smoke-") as tmp:
+        work = Path(tmp)
+        model = build_scripted_model(work / "scripted-r1.F16.gguf", "prefill")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env["LOCALR1_HOME"] = str(work / "home")
+        version = run(exe, "--version", env=env, cwd=work)
+        check("--version", version.returncode == 0 and "localr1" in version.stdout,
+              version.stdout + version.stderr)
+        doctor = run(exe, "doctor", env=env, cwd=work)
+        check("doctor", doctor.returncode == 0 and "llama" in doctor.stdout,
+              doctor.stdout + doctor.stderr)
+        # llama.cpp's bindings and libraries come from the bundle, not from a Python install.
+        check("doctor: llama-cpp-python is the bundled copy",
+              f"at {exe.parent}" in doctor.stdout, doctor.stdout)
+        answer = run(exe, "run", "-m", str(model), "hi", env=env, cwd=work)
+        check("run on a fixture model", answer.returncode == 0
+              and answer.stdout.strip() == ANSWER_TEXT, answer.stdout + answer.stderr)
+        tui(exe, model, env, work)
+    print("smoke test passed")
+
+
+if __name__ == "__main__":
+    main()
