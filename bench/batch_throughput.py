@@ -7,11 +7,10 @@ configuration runs in a fresh process; the figures are medians over --runs repet
 
     python bench/batch_throughput.py [--runs 3] [--prompts 32] [--max-tokens 128] [--model GGUF]
 
-How much --parallel gains depends on whether decoding is memory-bound: batching reads the
+How much --parallel gains depends on whether decoding waits on memory: batching reads the
 weights once for N tokens. SmolLM2's 98 MB fit in a server CPU's L3 cache (300 MB on the VM
-this was developed on), where decoding is compute-bound and batching only amortizes the fixed
-per-step cost; a real R1 distill (1.1 GB and up) is memory-bound on any CPU. --model runs the
-same measurement on another GGUF.
+this was developed on), where its decoding is compute-bound and batching mostly amortizes the
+fixed cost of a llama_decode call. --model runs the same measurement on another GGUF.
 """
 
 from __future__ import annotations

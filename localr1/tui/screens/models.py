@@ -185,18 +185,10 @@ class ModelsScreen(Screen[Path | None]):
         return ", ".join(marks)
 
     def _selected(self) -> ModelRow | None:
-        table = self.installed_table
-        if not table.row_count:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return self.rows.get(key or "")
+        return self.rows.get(_highlighted_key(self.installed_table))
 
     def _selected_catalog(self) -> CatalogRow | None:
-        table = self.available_table
-        if not table.row_count:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return self.catalog_rows.get(key or "")
+        return self.catalog_rows.get(_highlighted_key(self.available_table))
 
     def action_select(self) -> None:
         if self.focused is self.available_table:
@@ -284,6 +276,12 @@ class ModelsScreen(Screen[Path | None]):
             self.action_refresh()
 
         self.app.push_screen(ConfirmScreen(question, yes="Remove"), answered)
+
+
+def _highlighted_key(table: DataTable) -> str:
+    if not table.row_count:
+        return ""
+    return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or ""
 
 
 def _catalog_rows(installed: list[InstalledModel]) -> list[CatalogRow]:

@@ -141,6 +141,10 @@ class PullPanel(Vertical):
         self._timer = self.set_interval(REFRESH_SECONDS, self._refresh_progress)
         self._pull(name, self._cancel, self._counters)
 
+    def on_unmount(self) -> None:
+        # The app is closing: stop the download; its .part file stays for the next pull.
+        self._cancel.set()
+
     def cancel(self) -> None:
         if self.running:
             self._cancel.set()
