@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from textual.widgets import Input, OptionList
 
 from localr1.paths import app_paths
+from localr1.store import Store
 from localr1.tui.prefs import TuiPrefs
 from localr1.tui.screens.models import ModelsScreen
 from localr1.tui.screens.settings import SettingsScreen
@@ -266,3 +270,62 @@ async def test_a_conversation_with_another_context_size_reloads_then_sends(make_
         assert app.engine.info.n_ctx == 1024
         assert chat._last_answer().finish_reason == "stop"
         assert chat.prompt.text == ""
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 1 MB filesystem (tmpfs), to run out of space for real."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    # Unbuffered, so nothing is left to write (and fail) when the file closes.
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # ENOSPC: full
+        while True:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+async def test_a_full_disk_is_a_notification_and_the_text_is_kept(make_app, tiny_disk,
+                                                                 prefill_engine):
+    with Store.open(tiny_disk / "history.db") as store:
+        app = make_app(store=store, engine=prefill_engine)
+        async with app.run_test(size=SIZE) as pilot:
+            filler = _fill(tiny_disk)
+            app.chat.prompt.focus()
+            app.chat.prompt.text = "please keep this text"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: any("full" in str(n.message)
+                                              for n in app._notifications),
+                           what="the disk-full notification")
+            await wait_for(pilot, lambda: app.chat.turn is None, what="the turn to end")
+            assert app.chat.prompt.text == "please keep this text"  # nothing typed is lost
+            # Room again: the same text goes through, and the app never stopped.
+            filler.unlink()
+            app.chat.prompt.text = ""
+            await send(pilot, "please keep this text")
+            assert app.chat._last_answer().finish_reason == "stop"
+            # Full again, in a conversation that exists: the worker's writes fail this time.
+            filler = _fill(tiny_disk)
+            app._notifications.clear()
+            await send(pilot, "and this one")
+            assert any("full" in str(n.message) for n in app._notifications)
+            assert app.chat.prompt.text == "and this one"
+            filler.unlink()
+            app.chat.prompt.text = ""
+            await send(pilot, "and this one")
+            assert app.chat._last_answer().finish_reason == "stop"
+        branch = store.branch(store.latest_conversation_id())
+        assert [m.content for m in branch if m.role == "user"] == ["please keep this text",
+                                                                   "and this one"]
+        assert store._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
