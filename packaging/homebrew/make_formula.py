@@ -3,6 +3,9 @@
     python -m build --sdist                      # dist/localr1-X.Y.Z.tar.gz
     python packaging/homebrew/make_formula.py dist/localr1-X.Y.Z.tar.gz [--url URL]
 
+Run it with the Python of a fresh install (.ci/run's venv): its versions are what a new
+install resolves today, and what CI tested.
+
 Each Python dependency of localr1 (the whole tree, with environment markers evaluated for
 macOS) becomes a `resource` pinned to the version installed in this environment, with the
 sdist's URL and sha256 from PyPI's simple index (JSON, PEP 691): what
