@@ -228,7 +228,7 @@ class Engine:
             yield ContextTrimmed(fitted.dropped_messages, fitted.prompt_tokens)
         prompt_text = self.render_prompt(fitted.messages)
         prompt = self.tokenize_prompt(prompt_text)
-        turn = _Turn(
+        turn = TurnAccount(
             prompt_tokens=len(prompt),
             cached_prompt_tokens=_common_prefix(self._llm._input_ids, prompt),
             splitter=ThinkSplitter(start_in_reasoning=prompt_text.rstrip().endswith("<think>")),
@@ -244,7 +244,7 @@ class Engine:
                 raise GenerationError(f"llama.cpp failed while generating: {exc}") from None
         yield TurnDone(turn.stats(fitted.dropped_messages))
 
-    def _generate(self, turn: _Turn, prompt: list[int], params: GenerationParams,
+    def _generate(self, turn: TurnAccount, prompt: list[int], params: GenerationParams,
                   cancel: threading.Event) -> Iterator[Event]:
         import llama_cpp
 
@@ -292,7 +292,7 @@ class Engine:
                 turn.finish_reason = "cancelled" if cancel.is_set() else "length"
         yield from turn.finish(decoder.decode(b"", final=True))
 
-    def _close_think(self, turn: _Turn, context: list[int], decoder) -> Iterator[Event]:
+    def _close_think(self, turn: TurnAccount, context: list[int], decoder) -> Iterator[Event]:
         injected = self._llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
         context.extend(injected)
         turn.max_new -= len(injected)  # they take context room like generated tokens
@@ -302,8 +302,9 @@ class Engine:
 
 
 @dataclass
-class _Turn:
-    """Mutable bookkeeping of one streaming turn."""
+class TurnAccount:
+    """Mutable bookkeeping of one streaming turn: its splitter, token counts and times, and
+    the TurnStats they add up to. The engine and the parallel decoder both keep one."""
 
     prompt_tokens: int
     cached_prompt_tokens: int

@@ -26,9 +26,8 @@ from localr1.engine import (
     Event,
     FinishReason,
     GenerationParams,
+    TurnAccount,
     TurnDone,
-    TurnStats,
-    delta_events,
 )
 from localr1.errors import GenerationError
 from localr1.reasoning import ThinkSplitter
@@ -54,17 +53,9 @@ class _Slot:
     request: SequenceRequest
     sampler: Any
     pending: list[int]  # tokens still to feed (prompt chunks, injected tokens)
-    max_new: int
-    started: float
-    splitter: ThinkSplitter
+    account: TurnAccount  # splitter, counts, times: the same bookkeeping as Engine's turns
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     n_past: int = 0
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    budget_hit: bool = False
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    thinking_ended_at: float | None = None
     logits_index: int = -1  # where this slot's logits are in the current batch
 
 
@@ -134,7 +125,7 @@ class ParallelDecoder:
                     exhausted = True
                     break
                 slot = self._start(free_ids.popleft(), request)
-                if slot.max_new <= 0:
+                if slot.account.max_new <= 0:
                     self._finish(slot, "length", sink)
                     free_ids.append(slot.seq_id)
                     continue
@@ -170,11 +161,13 @@ class ParallelDecoder:
             reuse += 1
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, reuse, -1)
         del cached[reuse:]
+        account = TurnAccount(
+            prompt_tokens=len(prompt), cached_prompt_tokens=reuse,
+            splitter=ThinkSplitter(start_in_reasoning=request.start_in_reasoning),
+            max_new=max_new, started=time.perf_counter())
         slot = _Slot(seq_id=seq_id, request=request, sampler=self._sampler(params, seed),
-                     pending=list(prompt[reuse:]), max_new=max_new, n_past=reuse,
-                     started=time.perf_counter(),
-                     splitter=ThinkSplitter(start_in_reasoning=request.start_in_reasoning))
-        if params.reasoning_budget == 0 and slot.splitter.in_reasoning:
+                     pending=list(prompt[reuse:]), account=account, n_past=reuse)
+        if params.reasoning_budget == 0 and account.splitter.in_reasoning:
             self._inject_close(slot, None)
         return slot
 
@@ -226,41 +219,38 @@ class ParallelDecoder:
 
     def _sample(self, slot: _Slot, sink: EventSink) -> FinishReason | None:
         llama_cpp = self._llama_cpp
+        account = slot.account
         token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_index)
         now = time.perf_counter()
-        if slot.first_token_at is None:
-            slot.first_token_at = now
+        if account.first_token_at is None:
+            account.first_token_at = now
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             return "stop"
-        slot.completion_tokens += 1
-        slot.last_token_at = now
-        was_reasoning = slot.splitter.in_reasoning
+        account.completion_tokens += 1
+        account.last_token_at = now
         text = slot.decoder.decode(self._detokenize([token]))
-        self._emit(slot, slot.splitter.feed(text), sink)
-        if was_reasoning or slot.splitter.in_reasoning:
-            slot.reasoning_tokens += 1
-        if was_reasoning and not slot.splitter.in_reasoning:
-            slot.thinking_ended_at = now
+        self._emit(slot, account.feed(text, now), sink)
         slot.pending.append(token)
-        if slot.completion_tokens >= slot.max_new:
+        if account.completion_tokens >= account.max_new:
             return "length"
         budget = slot.request.params.reasoning_budget
-        if 0 <= budget <= slot.reasoning_tokens and slot.splitter.in_reasoning:
+        if 0 <= budget <= account.reasoning_tokens and account.splitter.in_reasoning:
             self._inject_close(slot, sink)
         return None
 
     def _inject_close(self, slot: _Slot, sink: EventSink | None) -> None:
         """--reasoning-budget: end the think block and let the model answer."""
+        account = slot.account
         slot.pending.extend(self._close_tokens)
-        slot.max_new -= len(self._close_tokens)
-        slot.budget_hit = True
-        deltas = slot.splitter.feed(THINK_CLOSE)
-        slot.thinking_ended_at = time.perf_counter()
+        account.max_new -= len(self._close_tokens)  # they take room like generated tokens
+        account.reasoning_budget_hit = True
+        # Consumed either way: feeding the splitter is what ends the reasoning.
+        events = list(account.feed(THINK_CLOSE, time.perf_counter(), generated=False))
         if sink is not None:
-            self._emit(slot, deltas, sink)
+            self._emit(slot, events, sink)
 
-    def _emit(self, slot: _Slot, deltas, sink: EventSink) -> None:
-        for event in delta_events(deltas):
+    def _emit(self, slot: _Slot, events: Iterable[Event], sink: EventSink) -> None:
+        for event in events:
             sink(slot.request.key, event)
 
     def _release(self, slot: _Slot, reason: FinishReason, sink: EventSink,
@@ -270,23 +260,8 @@ class ParallelDecoder:
         self._finish(slot, reason, sink)
 
     def _finish(self, slot: _Slot, reason: FinishReason, sink: EventSink) -> None:
-        tail = slot.decoder.decode(b"", final=True)
-        self._emit(slot, slot.splitter.feed(tail) + slot.splitter.finish(), sink)
+        account = slot.account
+        self._emit(slot, account.finish(slot.decoder.decode(b"", final=True)), sink)
         self._llama_cpp.llama_sampler_free(slot.sampler)
-        end = time.perf_counter()
-        first = slot.first_token_at
-        generating = (slot.last_token_at or end) - first if first else 0.0
-        thinking = None
-        if slot.splitter.saw_reasoning and first is not None:
-            thinking = (slot.thinking_ended_at or slot.last_token_at or end) - first
-        n = slot.completion_tokens
-        sink(slot.request.key, TurnDone(TurnStats(
-            finish_reason=reason, prompt_tokens=len(slot.request.prompt_tokens),
-            cached_prompt_tokens=0, completion_tokens=n,
-            reasoning_tokens=slot.reasoning_tokens if slot.splitter.saw_reasoning else 0,
-            reasoning_truncated=slot.splitter.reasoning_truncated,
-            reasoning_budget_hit=slot.budget_hit, dropped_messages=0,
-            ttft_seconds=(first - slot.started) if first else end - slot.started,
-            tokens_per_second=(n - 1) / generating if n > 1 and generating > 0 else 0.0,
-            thinking_seconds=thinking, total_seconds=end - slot.started)))
-
+        account.finish_reason = reason
+        sink(slot.request.key, TurnDone(account.stats(dropped_messages=0)))
