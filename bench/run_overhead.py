@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 PROMPT = "Write a short story about a robot who learns to paint. Use three paragraphs."
+CTX = 2048
 
 RAW_LOOP = r"""
 import json, sys, time, llama_cpp
 path, prompt = sys.argv[1], sys.argv[2]
-max_tokens, threads, seed = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+max_tokens, threads, seed, ctx = (int(a) for a in sys.argv[3:7])
+llm = llama_cpp.Llama(model_path=path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
                       verbose=False)
 first = last = None
 n = 0
@@ -51,7 +52,7 @@ def smollm2_path() -> Path:
 
 def run_localr1(model: Path, max_tokens: int, threads: int, seed: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "localr1", "run", "-m", str(model), "--json", "--ctx", "2048",
+        [sys.executable, "-m", "localr1", "run", "-m", str(model), "--json", "--ctx", str(CTX),
          "--max-tokens", str(max_tokens), "--threads", str(threads), "--seed", str(seed), PROMPT],
         capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
@@ -62,7 +63,7 @@ def run_localr1(model: Path, max_tokens: int, threads: int, seed: int) -> dict:
 def run_raw(model: Path, max_tokens: int, threads: int, seed: int) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", RAW_LOOP, str(model), PROMPT, str(max_tokens), str(threads),
-         str(seed)], capture_output=True, text=True, check=True).stdout
+         str(seed), str(CTX)], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
 

