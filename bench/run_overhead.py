@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=256)
     args = parser.parse_args()
-    from localr1.hardware import default_threads
+    from localr1.models.hardware import default_threads
 
     model, threads = smollm2_path(), default_threads()
     ours, raw = [], []

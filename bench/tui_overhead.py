@@ -28,7 +28,7 @@ from run_overhead import CTX, PROMPT, run_raw, smollm2_path  # noqa: E402
 
 
 def default_threads() -> int:
-    from localr1.hardware import default_threads
+    from localr1.models.hardware import default_threads
 
     return default_threads()
 
@@ -37,7 +37,7 @@ async def tui_child(model: Path, max_tokens: int, threads: int, seed: int, home:
     """In the child process: one turn typed into a headless app."""
     from localr1.config import SamplingSettings, Settings
     from localr1.paths import app_paths
-    from localr1.store import Store
+    from localr1.store.database import Store
     from localr1.tui.app import LocalR1App
     from localr1.tui.prefs import TuiPrefs
 

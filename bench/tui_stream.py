@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localr1.config import Settings  # noqa: E402
-from localr1.engine import TurnStats  # noqa: E402
+from localr1.engine.llama_engine import TurnStats  # noqa: E402
 from localr1.paths import app_paths  # noqa: E402
-from localr1.store import Store  # noqa: E402
+from localr1.store.database import Store  # noqa: E402
 from localr1.tui.app import LocalR1App  # noqa: E402
 from localr1.tui.messages import TurnEnded  # noqa: E402
 from localr1.tui.prefs import TuiPrefs  # noqa: E402

@@ -1,3 +1,3 @@
-from localr1.cli import main
+from localr1.cli.main import main
 
 main()

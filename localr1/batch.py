@@ -17,9 +17,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
-from localr1.engine import AnswerDelta, Engine, GenerationParams, ReasoningDelta, TurnDone
+from localr1.chat_message import ChatMessage
+from localr1.engine.llama_engine import (
+    AnswerDelta,
+    Engine,
+    GenerationParams,
+    ReasoningDelta,
+    TurnDone,
+)
+from localr1.engine.prompting import fit_to_context, reply_reserve
 from localr1.errors import ContextOverflowError, LocalR1Error
-from localr1.prompting import ChatMessage, fit_to_context, reply_reserve
 
 
 class BatchInputError(LocalR1Error):
@@ -204,7 +211,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
               progress: Callable[[BatchSummary, int], None] | None = None,
               cancel: threading.Event | None = None) -> BatchSummary:
     """Answer `items`, calling `write(record, item)` as each completes (in completion order)."""
-    from localr1.parallel_decoder import ParallelDecoder
+    from localr1.engine.parallel_decoder import ParallelDecoder
 
     summary = BatchSummary()
     started = time.perf_counter()
@@ -259,7 +266,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
 
 
 def _request(engine: Engine, item: BatchItem, options: BatchOptions):
-    from localr1.parallel_decoder import SequenceRequest
+    from localr1.engine.parallel_decoder import SequenceRequest
 
     params = replace(options.params, **item.params) if item.params else options.params
     n_ctx = options.n_ctx_per_sequence

@@ -13,8 +13,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from types import EllipsisType
 
-from localr1.engine import AnswerDelta, Engine, Event, GenerationParams, ReasoningDelta, TurnDone
-from localr1.store import Conversation, Store
+from localr1.engine.llama_engine import (
+    AnswerDelta,
+    Engine,
+    Event,
+    GenerationParams,
+    ReasoningDelta,
+    TurnDone,
+)
+from localr1.store.database import Conversation, Store
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def _check_llama_cpp() -> Check:
 
 
 def _check_backend() -> list[Check]:
-    from localr1 import hardware
+    from localr1.models import hardware
     from localr1.sizes import format_bytes
 
     backend = hardware.backend_info()
@@ -107,7 +107,7 @@ def _gpu_hardware() -> tuple[str | None, str]:
 
 
 def _check_memory() -> Check:
-    from localr1.hardware import default_threads, memory_info
+    from localr1.models.hardware import default_threads, memory_info
     from localr1.sizes import format_bytes
 
     mem = memory_info()
@@ -147,8 +147,8 @@ def _check_default_model(default_model: str | None, paths: AppPaths) -> Check:
     if not default_model:
         return Check("default model", "warn", "none set",
                      "set default_model in config.toml, or pass --model to run")
-    from localr1.gguf_header import read_gguf_header
-    from localr1.library import resolve_model
+    from localr1.models.gguf_header import read_gguf_header
+    from localr1.models.library import resolve_model
 
     try:
         header = read_gguf_header(resolve_model(default_model, paths.models_dir))
@@ -161,10 +161,10 @@ def _check_default_model(default_model: str | None, paths: AppPaths) -> Check:
 
 def check_model_runs(reference: str, paths: AppPaths) -> Check:
     """Load a model the way `run` does and decode a few tokens: proves offload really works."""
+    from localr1.chat_message import ChatMessage
     from localr1.config import load_settings
-    from localr1.engine import Engine, EngineConfig, GenerationParams
-    from localr1.library import resolve_model
-    from localr1.prompting import ChatMessage
+    from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
+    from localr1.models.library import resolve_model
 
     try:
         settings = load_settings(paths.config_file)

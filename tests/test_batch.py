@@ -14,7 +14,7 @@ import pytest
 from localr1.batch import read_items, record_seed
 from localr1.errors import LocalR1Error
 from localr1.paths import app_paths
-from localr1.store import Store
+from localr1.store.database import Store
 from tests.fixtures import scripted_models as sm
 from tests.fixtures.scripted_models import build_scripted_model
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from localr1.catalog import UnknownModelError, load_catalog, shipped_catalog_path
 from localr1.errors import ConfigError
+from localr1.models.catalog import UnknownModelError, load_catalog, shipped_catalog_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from localr1.chat_format import KNOWN_FORMATS, resolve_chat_format
+from localr1.engine.chat_format import KNOWN_FORMATS, resolve_chat_format
 from localr1.errors import ChatFormatError
 
 

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from localr1.engine import (
+from localr1.chat_message import ChatMessage
+from localr1.engine.llama_engine import (
     AnswerDelta,
     ContextTrimmed,
     Engine,
@@ -22,7 +23,6 @@ from localr1.errors import (
     ModelFileError,
     ModelLoadError,
 )
-from localr1.prompting import ChatMessage
 from tests.fixtures import scripted_models as sm
 from tests.fixtures.odd_models import write_huge_sparse_model, write_unknown_architecture_model
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from gguf.quants import quantize
 
-from localr1 import gguf_header
 from localr1.errors import LocalR1Error, ModelFileError
-from localr1.gguf_header import (
+from localr1.models import gguf_header
+from localr1.models.gguf_header import (
     GGML_TYPES,
     GGML_TYPES_REMOVED,
     LLAMA_FTYPES,

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from localr1.engine import ModelInfo
-from localr1.hardware import BackendInfo, MemoryEstimate, plan_gpu_layers
+from localr1.engine.llama_engine import ModelInfo
+from localr1.models.hardware import BackendInfo, MemoryEstimate, plan_gpu_layers
 
 GB = 10**9
 CUDA = BackendInfo("CUDA", True, "CUDA = 1")
@@ -40,7 +40,7 @@ def test_explicit_counts():
 
 
 def test_the_split_as_the_chat_header_shows_it(r1_prefill_model):
-    from localr1.engine import Engine, EngineConfig
+    from localr1.engine.llama_engine import Engine, EngineConfig
 
     engine = Engine.load(EngineConfig(r1_prefill_model, context_size=256, gpu_layers=0))
     try:

@@ -1,7 +1,7 @@
 """`localr1 history ...`, driven through click's CliRunner on the `history` group.
 
 The main CLI registers the group later; `_Root` stands in for it here, turning LocalR1Error
-into one line and exit 1 the way localr1.cli does.
+into one line and exit 1 the way localr1.cli.main does.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from localr1.cli_history import history
+from localr1.cli.history import history
 from localr1.errors import LocalR1Error
-from localr1.store import Store
+from localr1.store.database import Store
 
 
 class _Root(click.Group):
@@ -209,8 +209,8 @@ def test_rm_asks_first(chats: dict[str, int]) -> None:
 
 
 def test_the_module_imports_only_click() -> None:
-    code = ("import sys, localr1.cli_history; "
-            "heavy = [m for m in ('localr1.store', 'sqlite_utils', 'sqlite3', 'textual', "
+    code = ("import sys, localr1.cli.history; "
+            "heavy = [m for m in ('localr1.store.database', 'sqlite_utils', 'sqlite3', 'textual', "
             "'llama_cpp') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

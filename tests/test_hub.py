@@ -16,9 +16,9 @@ import gguf
 import numpy as np
 import pytest
 
-from localr1 import hub
-from localr1.catalog import load_catalog
-from localr1.hub import (
+from localr1.models import hub
+from localr1.models.catalog import load_catalog
+from localr1.models.hub import (
     ChecksumMismatchError,
     DownloadError,
     DownloadOptions,
@@ -32,8 +32,8 @@ from localr1.hub import (
     resolve_pull,
     split_part_paths,
 )
-from localr1.library import pull_model, resolve_model
-from localr1.model_registry import ModelRegistry
+from localr1.models.library import pull_model, resolve_model
+from localr1.models.registry import ModelRegistry
 from localr1.paths import app_paths
 from tests.hub_server import TEST_TOKEN, file_sha256, hub_for_tests, subprocess_env
 

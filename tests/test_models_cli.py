@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from localr1 import fit
-from localr1.catalog import UnknownModelError, load_catalog
-from localr1.cli import cli
+from localr1.cli.main import cli
+from localr1.cli.pull_progress import PullProgressPrinter
 from localr1.errors import ConfigError, ModelFileError
-from localr1.hub import BytesDone, FileDone, FileStarted, Notice
-from localr1.library import mark_used, resolve_model
-from localr1.model_registry import ModelRegistry
+from localr1.models import fit
+from localr1.models.catalog import UnknownModelError, load_catalog
+from localr1.models.hub import BytesDone, FileDone, FileStarted, Notice
+from localr1.models.library import mark_used, resolve_model
+from localr1.models.registry import ModelRegistry
 from localr1.paths import app_paths
-from localr1.pull_progress import PullProgressPrinter
 from tests.fixtures import scripted_models as sm
 from tests.hub_server import file_sha256, hub_for_tests
 

@@ -46,7 +46,7 @@ def test_wheel_and_sdist_carry_what_the_app_reads_at_run_time(dist):
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     with zipfile.ZipFile(_one(dist, "localr1-*.whl")) as wheel:
-        assert "localr1 = localr1.cli:main" in wheel.read(entry_points).decode()
+        assert "localr1 = localr1.cli.main:main" in wheel.read(entry_points).decode()
     with tarfile.open(_one(dist, "localr1-*.tar.gz")) as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
     for path in (*RUNTIME_FILES, "pyproject.toml", "README.md"):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from localr1.chat_message import ChatMessage
+from localr1.engine.prompting import fit_to_context, reply_reserve, to_model_messages
 from localr1.errors import ContextOverflowError
-from localr1.prompting import ChatMessage, fit_to_context, reply_reserve, to_model_messages
 
 
 def words(messages):

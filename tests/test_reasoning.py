@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localr1.reasoning import SplitDelta, ThinkSplitter, split_reasoning
+from localr1.engine.reasoning import SplitDelta, ThinkSplitter, split_reasoning
 
 
 def run(chunks: list[str], start_in_reasoning: bool = False) -> tuple[str, str, ThinkSplitter]:

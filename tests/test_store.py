@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from localr1.chat_message import ChatMessage
 from localr1.errors import LocalR1Error
 from localr1.paths import app_paths
-from localr1.prompting import ChatMessage
-from localr1.store import (
+from localr1.store.database import (
     EXPORT_FORMAT,
     Message,
     Store,
@@ -487,7 +487,7 @@ def test_writer_as_context_manager_records_errors(store: Store) -> None:
 _STREAMER = r"""
 import sys, time
 from pathlib import Path
-from localr1.store import Store
+from localr1.store.database import Store
 store = Store.open(Path(sys.argv[1]))
 c = store.create_conversation(model="m", first_user_message="Tell me a long story")
 user = store.branch(c.id)[0]
@@ -538,7 +538,7 @@ def test_kill_9_mid_answer_leaves_the_partial_answer(tmp_path: Path) -> None:
 _WRITER = r"""
 import sys, time
 from pathlib import Path
-from localr1.store import Store
+from localr1.store.database import Store
 path, name, start_at = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 while time.time() < start_at:
     time.sleep(0.001)

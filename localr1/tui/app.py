@@ -21,7 +21,7 @@ from textual.screen import Screen
 from localr1.config import Settings, load_settings
 from localr1.errors import LocalR1Error
 from localr1.paths import AppPaths, app_paths
-from localr1.store import Conversation, Store
+from localr1.store.database import Conversation, Store
 from localr1.tui.conversation_settings import ConversationSettings
 from localr1.tui.messages import ModelLoaded, ModelLoadFailed
 from localr1.tui.prefs import TuiPrefs
@@ -29,7 +29,7 @@ from localr1.tui.screens.chat import ChatScreen
 from localr1.tui.terminal_driver import terminal_driver_class
 
 if TYPE_CHECKING:  # llama.cpp's bindings, the model library: loaded after the first paint
-    from localr1.engine import Engine, EngineConfig
+    from localr1.engine.llama_engine import Engine, EngineConfig
 
 ModelState = Literal["none", "loading", "ready", "failed"]
 SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
@@ -37,10 +37,10 @@ SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
 
 def model_label_for(path: Path, models_dir: Path) -> str:
     """How a model is named in the history: its library name, or its path if it has none."""
-    from localr1.library import installed_models
+    from localr1.models.library import installed_models
 
     try:
-        from localr1.model_registry import ModelRegistry
+        from localr1.models.registry import ModelRegistry
 
         registered = ModelRegistry.default().find_path(path)
         if registered is not None:
@@ -149,8 +149,8 @@ class LocalR1App(App[None]):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def _load(self, config: EngineConfig, previous: Engine | None) -> None:
-        from localr1.engine import Engine
-        from localr1.library import mark_used
+        from localr1.engine.llama_engine import Engine
+        from localr1.models.library import mark_used
 
         # Free the old model first: two big models at once may not fit in memory.
         if previous is not None:
@@ -190,7 +190,7 @@ class LocalR1App(App[None]):
             self.notify(f"Back to {fallback.model_path.name}.", markup=False)
             self.load_model(fallback)
             return
-        from localr1.library import installed_models
+        from localr1.models.library import installed_models
         from localr1.tui.screens.welcome import WelcomeScreen
 
         if self.engine is None and not installed_models(self.paths.models_dir) \
@@ -353,7 +353,7 @@ def _choose_model(model: str | None, conversation: Conversation | None, settings
                   paths: AppPaths) -> Path | None:
     """--model, else the conversation's model, else default_model, else an installed one;
     None (the welcome screen) when there is none."""
-    from localr1.library import installed_models, resolve_model
+    from localr1.models.library import installed_models, resolve_model
 
     if model:
         return resolve_model(model, paths.models_dir)
@@ -366,7 +366,7 @@ def _choose_model(model: str | None, conversation: Conversation | None, settings
     if installed:
         return next(iter(installed.values()))
     try:  # imported models (registry JSON, no header reads): the one used last
-        from localr1.model_registry import ModelRegistry
+        from localr1.models.registry import ModelRegistry
 
         registered = [m for m in ModelRegistry.default().models() if m.path.is_file()]
     except (LocalR1Error, OSError, ValueError):

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localr1.config import Settings
-from localr1.store import Conversation
+from localr1.store.database import Conversation
 
 if TYPE_CHECKING:
-    from localr1.engine import EngineConfig, GenerationParams
+    from localr1.engine.llama_engine import EngineConfig, GenerationParams
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,14 @@ class ConversationSettings:
         return replace(base, system_prompt=conversation.system_prompt, **values)
 
     def generation_params(self, settings: Settings) -> GenerationParams:
-        from localr1.engine import GenerationParams
+        from localr1.engine.llama_engine import GenerationParams
 
         return GenerationParams.from_settings(
             settings, temperature=self.temperature, top_p=self.top_p,
             max_tokens=self.max_tokens, reasoning_budget=self.reasoning_budget)
 
     def engine_config(self, model_path: Path, settings: Settings) -> EngineConfig:
-        from localr1.engine import EngineConfig
+        from localr1.engine.llama_engine import EngineConfig
 
         return EngineConfig.from_settings(model_path, settings, context_size=self.context_size,
                                           gpu_layers=self.gpu_layers)

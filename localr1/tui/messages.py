@@ -13,7 +13,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:  # the engine loads llama.cpp's bindings: not needed to draw the first screen
     from localr1.chat_session import TurnSaved
-    from localr1.engine import Engine, EngineConfig, TurnStats
+    from localr1.engine.llama_engine import Engine, EngineConfig, TurnStats
 
 
 @dataclass
@@ -55,7 +55,7 @@ class TurnFailed(Message):
 @dataclass
 class SearchResults(Message):
     query: str
-    hits: list  # list[localr1.store.SearchHit]
+    hits: list  # list[localr1.store.database.SearchHit]
 
 
 @dataclass

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from localr1.config import Settings
-from localr1.engine import Engine, EngineConfig
+from localr1.engine.llama_engine import Engine, EngineConfig
 from localr1.paths import app_paths
-from localr1.store import Store
+from localr1.store.database import Store
 from localr1.tui.app import LocalR1App
 from localr1.tui.prefs import TuiPrefs
 

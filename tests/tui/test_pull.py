@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import Button, ProgressBar
 
 from localr1.config import load_settings
-from localr1.library import find_installed
+from localr1.models.library import find_installed
 from localr1.paths import app_paths
 from localr1.tui.screens.models import ModelsScreen
 from localr1.tui.screens.welcome import WelcomeScreen

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from localr1 import fit
 from localr1.config import Settings
+from localr1.models import fit
 from localr1.paths import AppPaths
 from localr1.tui.app import LocalR1App
 from localr1.tui.prefs import TuiPrefs

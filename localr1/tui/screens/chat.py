@@ -30,7 +30,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from localr1.errors import LocalR1Error
-from localr1.store import Conversation, Message
+from localr1.store.database import Conversation, Message
 from localr1.terminal_text import visible_controls
 from localr1.tui.conversation_settings import ConversationSettings
 from localr1.tui.formatting import literal, one_line
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from textual.widgets import Markdown
 
     from localr1.chat_session import ChatSession
-    from localr1.engine import GenerationParams
+    from localr1.engine.llama_engine import GenerationParams
     from localr1.tui.app import LocalR1App
     from localr1.tui.screens.settings import SettingsResult
     from localr1.tui.widgets.message_view import AssistantMessage, UserMessage, Versions
@@ -431,7 +431,12 @@ class ChatScreen(Screen[None]):
                   parent_id: int | None | EllipsisType, user_message_id: int | None) -> None:
         """The worker: core calls only; text goes to the buffer, the end to a message."""
         from localr1.chat_session import TurnSaved
-        from localr1.engine import AnswerDelta, ContextTrimmed, ReasoningDelta, TurnDone
+        from localr1.engine.llama_engine import (
+            AnswerDelta,
+            ContextTrimmed,
+            ReasoningDelta,
+            TurnDone,
+        )
 
         turn.running = True
         stats, saved = None, None

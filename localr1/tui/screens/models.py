@@ -22,9 +22,9 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from localr1 import library
 from localr1.errors import LocalR1Error
-from localr1.model_registry import InstalledModel
+from localr1.models import library
+from localr1.models.registry import InstalledModel
 from localr1.sizes import format_bytes
 from localr1.tui.formatting import literal
 from localr1.tui.messages import ModelDetails
@@ -49,7 +49,12 @@ class CatalogRow:
 
 def _fit_label(model: InstalledModel) -> str:
     try:
-        from localr1.fit import assess, default_context_size, machine_memory, shape_from_summary
+        from localr1.models.fit import (
+            assess,
+            default_context_size,
+            machine_memory,
+            shape_from_summary,
+        )
 
         if library.is_missing(model):
             return "file missing"
@@ -287,8 +292,8 @@ def _highlighted_key(table: DataTable) -> str:
 def _catalog_rows(installed: list[InstalledModel]) -> list[CatalogRow]:
     """The catalog's entries that are not installed, recommended ones marked."""
     try:
-        from localr1.catalog import load_catalog
-        from localr1.fit import (
+        from localr1.models.catalog import load_catalog
+        from localr1.models.fit import (
             assess_catalog_entry,
             default_context_size,
             machine_memory,

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
 from localr1.errors import LocalR1Error
-from localr1.library import find_installed, import_model, installed_models, resolve_model
+from localr1.models.library import find_installed, import_model, installed_models, resolve_model
 from localr1.sizes import format_bytes
 from localr1.tui.widgets.pull_panel import PullPanel
 
@@ -82,8 +82,8 @@ class WelcomeScreen(Screen[Path | None]):
     @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
     def _describe_default(self) -> None:
         """Name, size and fit of the default model on its button."""
-        from localr1.catalog import load_catalog
-        from localr1.fit import assess_catalog_entry, default_context_size, machine_memory
+        from localr1.models.catalog import load_catalog
+        from localr1.models.fit import assess_catalog_entry, default_context_size, machine_memory
 
         try:
             entry = load_catalog().get(DEFAULT_PULL)

@@ -17,12 +17,12 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Collapsible, Static
 
-from localr1.store import Message
+from localr1.store.database import Message
 from localr1.tui.formatting import literal, seconds, thinking_label, thought_label
 from localr1.tui.widgets.streaming_markdown import StreamingMarkdown
 
 if TYPE_CHECKING:
-    from localr1.engine import TurnStats
+    from localr1.engine.llama_engine import TurnStats
 
 
 @dataclass(frozen=True)

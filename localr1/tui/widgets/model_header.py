@@ -11,7 +11,7 @@ from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import count, one_line
 
 if TYPE_CHECKING:
-    from localr1.engine import ModelInfo
+    from localr1.engine.llama_engine import ModelInfo
 
 
 class ModelHeader(Static):

@@ -22,14 +22,14 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
+from localr1.durations import format_duration
 from localr1.errors import LocalR1Error
-from localr1.pull_progress import format_duration
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
     from textual.timer import Timer
 
-    from localr1.hub import PullEvent
+    from localr1.models.hub import PullEvent
 
 REFRESH_SECONDS = 0.25
 ACTIONS = {"download": "downloading", "resume": "resuming", "verify": "verifying",
@@ -49,7 +49,7 @@ class PullCounters:
     notes: list[str] = field(default_factory=list)
 
     def __call__(self, event: PullEvent) -> None:
-        from localr1.hub import BytesDone, FileDone, FileStarted, Notice
+        from localr1.models.hub import BytesDone, FileDone, FileStarted, Notice
 
         if isinstance(event, BytesDone):
             self.file_done += event.n_bytes
@@ -165,10 +165,10 @@ class PullPanel(Vertical):
 
     @work(thread=True, exclusive=True, group="pull", exit_on_error=False)
     def _pull(self, name: str, cancel: threading.Event, counters: PullCounters) -> None:
-        from localr1.catalog import load_catalog
-        from localr1.fit import fit_text, machine_memory, plan_fit
-        from localr1.hub import PullInterrupted, resolve_pull
-        from localr1.library import pull_model
+        from localr1.models.catalog import load_catalog
+        from localr1.models.fit import fit_text, machine_memory, plan_fit
+        from localr1.models.hub import PullInterrupted, resolve_pull
+        from localr1.models.library import pull_model
 
         try:
             plan = resolve_pull(name, load_catalog())

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localr1.engine import (
+from localr1.engine.llama_engine import (
     THINK_CLOSE,
     Engine,
     Event,
@@ -29,8 +29,8 @@ from localr1.engine import (
     TurnAccount,
     TurnDone,
 )
+from localr1.engine.reasoning import ThinkSplitter
 from localr1.errors import GenerationError
-from localr1.reasoning import ThinkSplitter
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,11 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
         read_items,
         run_batch,
     )
-    from localr1.cli import gpu_layers_option_value
+    from localr1.cli.main import gpu_layers_option_value
     from localr1.config import load_settings
-    from localr1.engine import Engine, EngineConfig, GenerationParams
-    from localr1.hardware import default_threads
-    from localr1.library import resolve_model
+    from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
+    from localr1.models.hardware import default_threads
+    from localr1.models.library import resolve_model
     from localr1.paths import app_paths
 
     paths = app_paths()
@@ -163,7 +163,7 @@ class _Saver:
     def __init__(self, paths, model_label: str) -> None:
         import uuid
 
-        from localr1.store import Store
+        from localr1.store.database import Store
 
         self.store = Store.open(paths.db_path)
         self.model = model_label

@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
-from localr1.hub import BytesDone, FileDone, FileStarted, Notice, PullEvent
+from localr1.durations import format_duration
+from localr1.models.hub import BytesDone, FileDone, FileStarted, Notice, PullEvent
 from localr1.sizes import format_bytes
 
 _ACTIONS = {"download": "pulling", "resume": "resuming", "verify": "verifying",
@@ -24,17 +25,6 @@ _REDRAW_S = 0.1
 _PLAIN_EVERY_S = 10.0
 _SPEED_WINDOW_S = 5.0
 _BAR_WIDTH = 24
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 class PullProgressPrinter:

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from localr1 import hardware, llama_log
-from localr1.chat_format import ChatFormat, resolve_chat_format
+from localr1.chat_message import ChatMessage
 from localr1.config import Settings
+from localr1.engine import llama_log
+from localr1.engine.chat_format import ChatFormat, resolve_chat_format
+from localr1.engine.prompting import fit_to_context, reply_reserve
+from localr1.engine.reasoning import SplitDelta, ThinkSplitter
 from localr1.errors import GenerationError, InsufficientMemoryError, ModelLoadError
-from localr1.gguf_header import GGUFHeader, read_gguf_header
-from localr1.prompting import ChatMessage, fit_to_context, reply_reserve
-from localr1.reasoning import SplitDelta, ThinkSplitter
+from localr1.models import hardware
+from localr1.models.gguf_header import GGUFHeader, read_gguf_header
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:

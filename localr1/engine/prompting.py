@@ -12,20 +12,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from localr1.chat_message import ChatMessage
 from localr1.errors import ContextOverflowError
 
 ModelMessage = dict[str, str]
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.S)
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One stored message. `reasoning` is kept for display and never sent back to the model."""
-
-    role: str  # "system" | "user" | "assistant"
-    content: str
-    reasoning: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 if TYPE_CHECKING:
-    from localr1.catalog import Catalog, CatalogEntry
-    from localr1.fit import MachineMemory
-    from localr1.model_registry import InstalledModel
+    from localr1.models.catalog import Catalog, CatalogEntry
+    from localr1.models.fit import MachineMemory
+    from localr1.models.registry import InstalledModel
 
 
 # ---- pull ------------------------------------------------------------------------------------
@@ -38,12 +38,12 @@ def pull(name: str, yes: bool) -> None:
       localr1 pull r1:7b
       localr1 pull bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF:Q6_K
     """
-    from localr1.catalog import load_catalog
-    from localr1.fit import fit_text, machine_memory, plan_fit
-    from localr1.hub import PullInterrupted, resolve_pull
-    from localr1.library import pull_model
+    from localr1.cli.pull_progress import PullProgressPrinter
+    from localr1.models.catalog import load_catalog
+    from localr1.models.fit import fit_text, machine_memory, plan_fit
+    from localr1.models.hub import PullInterrupted, resolve_pull
+    from localr1.models.library import pull_model
     from localr1.paths import app_paths
-    from localr1.pull_progress import PullProgressPrinter
     from localr1.sizes import format_bytes
 
     plan = resolve_pull(name, load_catalog())
@@ -80,13 +80,13 @@ def pull(name: str, yes: bool) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print JSON.")
 def list_models(available: bool, json_output: bool) -> None:
     """List installed models (or, with --available, the catalog)."""
-    from localr1.fit import machine_memory
-    from localr1.library import list_models as installed
+    from localr1.models.fit import machine_memory
+    from localr1.models.library import list_models as installed
     from localr1.paths import app_paths
 
     machine = machine_memory()
     if available:
-        from localr1.catalog import load_catalog
+        from localr1.models.catalog import load_catalog
 
         rows = _catalog_rows(load_catalog(), machine)
         headers = ("NAME", "SIZE", "PARAMS", "FIT", "NOTES")
@@ -105,8 +105,8 @@ def list_models(available: bool, json_output: bool) -> None:
 
 
 def _installed_row(model: InstalledModel, machine: MachineMemory) -> dict[str, Any]:
-    from localr1.fit import assess, default_context_size, shape_from_summary
-    from localr1.library import is_missing
+    from localr1.models.fit import assess, default_context_size, shape_from_summary
+    from localr1.models.library import is_missing
     from localr1.sizes import format_bytes
 
     missing = is_missing(model)
@@ -126,9 +126,9 @@ def _installed_row(model: InstalledModel, machine: MachineMemory) -> dict[str, A
 
 
 def _catalog_rows(catalog: Catalog, machine: MachineMemory) -> list[dict[str, Any]]:
-    from localr1.fit import assess_catalog_entry, default_context_size, recommended_entries
-    from localr1.hub import local_path
-    from localr1.library import list_models as installed_models
+    from localr1.models.fit import assess_catalog_entry, default_context_size, recommended_entries
+    from localr1.models.hub import local_path
+    from localr1.models.library import list_models as installed_models
     from localr1.paths import app_paths
     from localr1.sizes import format_bytes
 
@@ -183,7 +183,7 @@ def format_parameters(count: int) -> str:
 def _ago(when: float | None) -> str:
     if when is None:
         return "never"
-    from localr1.pull_progress import format_duration
+    from localr1.durations import format_duration
 
     seconds = max(0.0, time.time() - when)
     return "just now" if seconds < 60 else f"{format_duration(seconds)} ago"
@@ -205,9 +205,9 @@ def _iso(when: float | None) -> str | None:
               help="Compute the sha256 if it was never recorded (reads the whole file).")
 def show(name: str, json_output: bool, compute_hash: bool) -> None:
     """Show a model: path, sha256, GGUF metadata, chat template, fit (or its catalog entry)."""
-    from localr1.catalog import load_catalog
-    from localr1.fit import machine_memory
-    from localr1.library import find_installed
+    from localr1.models.catalog import load_catalog
+    from localr1.models.fit import machine_memory
+    from localr1.models.library import find_installed
     from localr1.paths import app_paths
 
     catalog = load_catalog()
@@ -232,8 +232,8 @@ def show(name: str, json_output: bool, compute_hash: bool) -> None:
 
 
 def _raise_unknown(name: str, models_dir: Path, catalog: Catalog) -> NoReturn:
-    from localr1.catalog import UnknownModelError, nearest_hint
-    from localr1.library import list_models as installed
+    from localr1.models.catalog import UnknownModelError, nearest_hint
+    from localr1.models.library import list_models as installed
 
     names = [m.name for m in installed(models_dir)] + catalog.names()
     raise UnknownModelError(f"unknown model '{name}'{nearest_hint(name, names)}")
@@ -241,8 +241,8 @@ def _raise_unknown(name: str, models_dir: Path, catalog: Catalog) -> NoReturn:
 
 def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Catalog,
                       compute_hash: bool) -> dict[str, Any]:
-    from localr1.fit import assess, default_context_size, shape_from_summary
-    from localr1.gguf_header import read_gguf_header
+    from localr1.models.fit import assess, default_context_size, shape_from_summary
+    from localr1.models.gguf_header import read_gguf_header
     from localr1.sizes import format_bytes
 
     header = read_gguf_header(model.path)
@@ -277,7 +277,7 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
 
 
 def _catalog_fields(entry: CatalogEntry, machine: MachineMemory) -> dict[str, Any]:
-    from localr1.fit import assess_catalog_entry, default_context_size
+    from localr1.models.fit import assess_catalog_entry, default_context_size
     from localr1.sizes import format_bytes
 
     model = entry.model
@@ -333,8 +333,8 @@ def _sha256_file(path: Path) -> str:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(name: str, yes: bool) -> None:
     """Remove an installed model: delete what `pull` downloaded, forget what was imported."""
-    from localr1.catalog import load_catalog
-    from localr1.library import find_installed, remove_model
+    from localr1.models.catalog import load_catalog
+    from localr1.models.library import find_installed, remove_model
     from localr1.paths import app_paths
     from localr1.sizes import format_bytes
 
@@ -371,7 +371,7 @@ def rm(name: str, yes: bool) -> None:
                    "them all (no copies).")
 def import_models(path: str | None, name: str | None, copy: bool, scan: bool) -> None:
     """Register a GGUF already on disk (no copy by default), or --scan for them."""
-    from localr1.library import import_found, import_model, scan_sources
+    from localr1.models.library import import_found, import_model, scan_sources
     from localr1.paths import app_paths
     from localr1.sizes import format_bytes
 

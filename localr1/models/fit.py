@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from localr1 import hardware
+from localr1.models import hardware
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from localr1.catalog import CatalogEntry, CatalogModel
-    from localr1.hub import PullPlan
-    from localr1.model_registry import GGUFSummary
+    from localr1.models.catalog import CatalogEntry, CatalogModel
+    from localr1.models.hub import PullPlan
+    from localr1.models.registry import GGUFSummary
 
 FITS_IN_GPU = "fits in GPU"
 PARTIAL_OFFLOAD = "partial GPU offload"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from localr1.gguf_header import GGUFHeader
+from localr1.models.gguf_header import GGUFHeader
 
 GIB = 1024**3
 # llama.cpp's compute buffers and scratch: a few hundred MB for the distills at 8k context.

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from localr1.errors import LocalR1Error
-from localr1.hardware import free_disk_bytes
+from localr1.models.hardware import free_disk_bytes
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from localr1.catalog import Catalog, CatalogEntry
+    from localr1.models.catalog import Catalog, CatalogEntry
 
 DEFAULT_QUANT = "Q4_K_M"  # what `owner/repo` without a quant pulls, like Ollama's hf.co/ names
 PART_SUFFIX = ".part"
@@ -233,7 +233,7 @@ def resolve_pull(reference: str, catalog: Catalog) -> PullPlan:
                      entry.quant.quant, entry.files, entry)
     hub_ref = parse_hub_reference(reference)
     if hub_ref is None:
-        from localr1.catalog import UnknownModelError, nearest_hint
+        from localr1.models.catalog import UnknownModelError, nearest_hint
 
         raise UnknownModelError(
             f"unknown model '{reference}'{nearest_hint(reference, catalog.names())} "

@@ -32,8 +32,8 @@ from typing import Any, Literal, TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from localr1.chat_message import ChatMessage
 from localr1.errors import LocalR1Error
-from localr1.prompting import ChatMessage
 
 ROLES = ("system", "user", "assistant")
 FINISH_REASONS = ("stop", "length", "cancelled", "error", "incomplete")

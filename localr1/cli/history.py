@@ -14,7 +14,7 @@ import click
 from localr1.errors import LocalR1Error
 
 if TYPE_CHECKING:
-    from localr1.store import Conversation, Message, Store
+    from localr1.store.database import Conversation, Message, Store
 
 # Snippet highlight markers for the terminal: control characters no stored text keeps as is
 # (visible_controls escapes any in the text itself), swapped for bold afterwards.
@@ -27,7 +27,7 @@ class HistoryFileError(LocalR1Error):
 
 def _open_store() -> Store:
     from localr1.paths import app_paths
-    from localr1.store import Store
+    from localr1.store.database import Store
 
     return Store.open(app_paths().db_path)
 
@@ -236,7 +236,7 @@ def export(conversation_id: int | None, export_all: bool, fmt: str | None, outpu
             text = "\n---\n\n".join(store.conversation_markdown(i, include_reasoning=reasoning)
                                     for i in ids)
         else:
-            from localr1.store import EXPORT_BUNDLE_FORMAT, EXPORT_VERSION
+            from localr1.store.database import EXPORT_BUNDLE_FORMAT, EXPORT_VERSION
 
             exports = [store.export_conversation(i) for i in ids]
             data: Any = exports[0] if not export_all else {

@@ -14,7 +14,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from localr1.chat_session import TurnSaved
-from localr1.engine import AnswerDelta, ContextTrimmed, Event, ReasoningDelta, TurnDone, TurnStats
+from localr1.engine.llama_engine import (
+    AnswerDelta,
+    ContextTrimmed,
+    Event,
+    ReasoningDelta,
+    TurnDone,
+    TurnStats,
+)
 from localr1.terminal_text import visible_controls
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"

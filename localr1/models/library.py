@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localr1.errors import ModelFileError
-from localr1.gguf_header import GGUFHeader, read_gguf_header
-from localr1.model_registry import GGUFSummary, InstalledModel, ModelFile, ModelRegistry
+from localr1.models.gguf_header import GGUFHeader, read_gguf_header
+from localr1.models.registry import GGUFSummary, InstalledModel, ModelFile, ModelRegistry
 
 if TYPE_CHECKING:
-    from localr1.catalog import Catalog
-    from localr1.hub import DownloadedFile, DownloadOptions, OnEvent, PullPlan
+    from localr1.models.catalog import Catalog
+    from localr1.models.hub import DownloadedFile, DownloadOptions, OnEvent, PullPlan
 
 _SPLIT_NAME = re.compile(r"^(?P<base>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -62,7 +62,7 @@ def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry |
             raise ModelFileError(f"{model.name}: its file {model.path} is gone; "
                                  f"`localr1 rm {model.name}`, then pull or import it again")
         return model.path
-    from localr1.hub import parse_hub_reference
+    from localr1.models.hub import parse_hub_reference
 
     entry = catalog.find(reference)
     hub_ref = parse_hub_reference(reference)
@@ -72,7 +72,7 @@ def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry |
     if reference.endswith(".gguf") or "/" in reference or "\\" in reference:
         hint = f" (to download it from the Hub: localr1 pull {reference})" if hub_ref else ""
         raise ModelFileError(f"{path}: no such file{hint}")
-    from localr1.catalog import UnknownModelError, nearest_hint
+    from localr1.models.catalog import UnknownModelError, nearest_hint
 
     names = [m.name for m in registry.models()] + list(installed_models(models_dir)) + \
         catalog.names()
@@ -95,7 +95,7 @@ def find_installed(reference: str, models_dir: Path, *, registry: ModelRegistry 
     folder = installed_models(models_dir).get(stem)
     if folder is not None:
         return registry.find_path(folder) or _folder_model(folder)
-    from localr1.hub import local_path, parse_hub_reference, quant_from_filename
+    from localr1.models.hub import local_path, parse_hub_reference, quant_from_filename
 
     entry = (catalog or _load_catalog()).find(reference)
     if entry is not None:
@@ -124,7 +124,7 @@ def mark_used(model_path: Path, registry: ModelRegistry | None = None) -> None:
 
 
 def _load_catalog() -> Catalog:
-    from localr1.catalog import load_catalog
+    from localr1.models.catalog import load_catalog
 
     return load_catalog()
 
@@ -208,7 +208,7 @@ class RemovedModel:
 def remove_model(model: InstalledModel, models_dir: Path,
                  registry: ModelRegistry | None = None) -> RemovedModel:
     """Forget a model; delete its files too when they are our own copy."""
-    from localr1.hub import remove_partial
+    from localr1.models.hub import remove_partial
 
     registry = registry or ModelRegistry.default()
     deleted = []
@@ -257,7 +257,7 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
     if taken is not None:
         raise ModelFileError(f"the name '{name}' is taken by {taken.path}; pass --name")
     if copy:
-        from localr1.hub import copy_file
+        from localr1.models.hub import copy_file
 
         target_dir = models_dir / "imported"
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ def _scan_hf_cache() -> list[FoundModel]:
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
-    from localr1.hub import hf_cache_dir
+    from localr1.models.hub import hf_cache_dir
 
     try:
         info = scan_cache_dir(hf_cache_dir())
@@ -421,7 +421,7 @@ def _ollama_name(parts: tuple[str, ...]) -> str:
 
 
 def _hub_style_name(repo: str, file_path: str) -> str:
-    from localr1.hub import quant_from_filename
+    from localr1.models.hub import quant_from_filename
 
     quant = quant_from_filename(file_path)
     return f"{repo}:{quant}" if quant else f"{repo}/{file_path}"
@@ -496,7 +496,7 @@ def pull_model(plan: PullPlan, models_dir: Path, *, on_event: OnEvent | None = N
                options: DownloadOptions | None = None, cancel: threading.Event | None = None,
                registry: ModelRegistry | None = None) -> PullResult:
     """Download (or reuse) the plan's files, validate them, and register the model."""
-    from localr1.hub import DownloadOptions, download
+    from localr1.models.hub import DownloadOptions, download
 
     registry = registry or ModelRegistry.default()
     existing = installed_copy(plan, models_dir, registry)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from localr1.errors import ConfigError
-from localr1.gguf_header import GGUFHeader
+from localr1.models.gguf_header import GGUFHeader
 
 REGISTRY_FILE_NAME = "models.json"
 FORMAT_VERSION = 1

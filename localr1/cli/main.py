@@ -110,11 +110,11 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
       git diff | localr1 run -m model.gguf "Write a commit message" --hide-reasoning
       localr1 run -c "And in one sentence?"
     """
+    from localr1.cli.turn_printer import TurnPrinter
     from localr1.config import load_settings
-    from localr1.engine import Engine, EngineConfig, GenerationParams
-    from localr1.library import mark_used, resolve_model
+    from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
+    from localr1.models.library import mark_used, resolve_model
     from localr1.paths import app_paths
-    from localr1.turn_printer import TurnPrinter
 
     if no_log and (continue_latest or cid is not None):
         raise click.UsageError("--no-log cannot continue a conversation (-c/--cid)")
@@ -152,7 +152,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
 
 
 def _open_store(paths):
-    from localr1.store import Store
+    from localr1.store.database import Store
 
     return Store.open(paths.db_path)
 
@@ -170,7 +170,7 @@ def _conversation_to_continue(store, continue_latest: bool, cid: int | None):
 def _turn_events(engine, store, conversation, model_label: str, text: str,
                  system: str | None, params):
     """The engine's events for one turn, saved to the store unless logging is off."""
-    from localr1.prompting import ChatMessage
+    from localr1.chat_message import ChatMessage
 
     if store is None:
         yield from engine.stream_chat([ChatMessage("user", text)], params, system_prompt=system)
@@ -268,9 +268,9 @@ def config_show(json_output: bool) -> None:
 
 def _register_command_groups() -> None:
     # Commands that live in their own modules; each imports only click at import time.
-    from localr1.cli_batch import batch
-    from localr1.cli_history import history
-    from localr1.cli_models import import_models, list_models, pull, rm, show
+    from localr1.cli.batch import batch
+    from localr1.cli.history import history
+    from localr1.cli.models import import_models, list_models, pull, rm, show
 
     cli.add_command(history)
     cli.add_command(batch)

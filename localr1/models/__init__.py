@@ -1,0 +1,2 @@
+"""Model files: the catalog, the Hub, the models folder and its registry, GGUF headers, fit and
+hardware."""
