@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from localr1.cli.history import history
 from localr1.errors import LocalR1Error
-from localr1.store.database import Store
+from localr1.store import Store
 
 
 class _Root(click.Group):
@@ -92,7 +92,7 @@ def test_show_plain_text(chats: dict[str, int]) -> None:
     assert "Assistant (interrupted: the answer was cut off):\nLonger path" in out
     assert "wavelengths" not in out
     with_reasoning = run("show", str(chats["sky"]), "--reasoning").output
-    assert "[reasoning (4 s)]\nThink about wavelengths.\n[/reasoning]" in with_reasoning
+    assert "[reasoning (4.2 s)]\nThink about wavelengths.\n[/reasoning]" in with_reasoning
 
 
 def test_show_json_and_markdown(chats: dict[str, int]) -> None:
@@ -105,7 +105,7 @@ def test_show_json_and_markdown(chats: dict[str, int]) -> None:
     assert data["messages"][1]["reasoning"] == "Think about wavelengths."
     md = run("show", str(chats["sky"]), "--markdown", "--reasoning").output
     assert md.startswith("# Why is the sky blue?\n\n**User**\n\n")
-    assert "<details><summary>Thought for 4 s</summary>" in md
+    assert "<details><summary>Thought for 4.2 s</summary>" in md
     assert "**Assistant** (interrupted)" in md
 
 
@@ -153,6 +153,22 @@ def test_export_import_json_round_trip(chats: dict[str, int], tmp_path: Path) ->
     assert [m["content"] for m in again["messages"]] == \
         [m["content"] for m in exported["messages"]]
     assert again["conversation"]["title"] == exported["conversation"]["title"]
+
+
+def test_settings_are_shown_exported_and_imported(chats: dict[str, int], tmp_path: Path) -> None:
+    settings = {"temperature": 0.2, "top_p": 0.9, "top_k": 5, "min_p": 0.1, "max_tokens": 300,
+                "seed": 11, "reasoning_budget": 0, "context_size": 2048}
+    with Store.open() as store:
+        store.set_params(chats["sky"], settings)
+        store.set_system_prompt(chats["sky"], "Be brief.")
+    shown = json.loads(run("show", str(chats["sky"]), "--json").output)["conversation"]
+    assert (shown["system_prompt"], shown["params"]) == ("Be brief.", settings)
+    path = tmp_path / "sky.json"
+    assert run("export", str(chats["sky"]), "-o", str(path)).exit_code == 0
+    new_id = int(run("import", str(path)).stdout)
+    with Store.open() as store:
+        copy = store.conversation(new_id)
+    assert (copy.system_prompt, copy.params) == ("Be brief.", settings)
 
 
 def test_export_all_and_import_the_bundle(chats: dict[str, int], tmp_path: Path) -> None:

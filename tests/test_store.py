@@ -20,16 +20,11 @@ from hypothesis import strategies as st
 from localr1.chat_message import ChatMessage
 from localr1.errors import LocalR1Error
 from localr1.paths import app_paths
-from localr1.store.database import (
-    EXPORT_FORMAT,
-    Message,
-    Store,
-    StoreError,
-    fts_query,
-    known_migrations,
-    schema_version,
-    title_from_text,
-)
+from localr1.store import Message, Store, StoreError
+from localr1.store.records import title_from_text
+from localr1.store.schema import known_migrations, schema_version
+from localr1.store.search import fts_query
+from localr1.store.transfer import EXPORT_FORMAT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HOSTILE = ['"', '""', "'", "AND", "OR", "NOT", "a OR", "a AND", "NOT a", "*", "a*", "*a",
@@ -212,14 +207,22 @@ def test_a_folder_is_a_store_error(tmp_path: Path) -> None:
         Store.open(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_an_unreadable_file_is_a_store_error(tmp_path: Path) -> None:
+    # Root reads any file; as root (CI) the open runs in a child without the capabilities
+    # that bypass file permissions (util-linux's setpriv).
     path = tmp_path / "locked.db"
     Store.open(path).close()
     path.chmod(0)
-    with pytest.raises(StoreError) as caught:
-        Store.open(path)
-    assert "\n" not in str(caught.value)
+    code = ("import sys\nfrom localr1.store import Store, StoreError\n"
+            "try:\n    Store.open(sys.argv[1])\nexcept StoreError as e:\n"
+            "    print(str(e)); sys.exit(3)\n")
+    command = [sys.executable, "-c", code, str(path)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--",
+                   *command]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.count("\n") == 1 and str(path) in result.stdout
 
 
 def test_a_full_disk_is_a_one_line_store_error(store: Store) -> None:
@@ -487,7 +490,7 @@ def test_writer_as_context_manager_records_errors(store: Store) -> None:
 _STREAMER = r"""
 import sys, time
 from pathlib import Path
-from localr1.store.database import Store
+from localr1.store import Store
 store = Store.open(Path(sys.argv[1]))
 c = store.create_conversation(model="m", first_user_message="Tell me a long story")
 user = store.branch(c.id)[0]
@@ -538,7 +541,7 @@ def test_kill_9_mid_answer_leaves_the_partial_answer(tmp_path: Path) -> None:
 _WRITER = r"""
 import sys, time
 from pathlib import Path
-from localr1.store.database import Store
+from localr1.store import Store
 path, name, start_at = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 while time.time() < start_at:
     time.sleep(0.001)
@@ -754,7 +757,7 @@ def test_conversation_markdown(store: Store) -> None:
     assert md.startswith("# Q1\n\n**System**\n\nBe kind.\n\n**User**\n\nQ1\n\n**Assistant**\n\nA1")
     assert "<details>" not in md
     md = store.conversation_markdown(c, include_reasoning=True)
-    assert "<details><summary>Thought for 12 s</summary>\n\nR1\n\n</details>\n\nA1" in md
+    assert "<details><summary>Thought for 12.4 s</summary>\n\nR1\n\n</details>\n\nA1" in md
     store.set_active_leaf(c, store.branch(c)[1].id + 1)  # the cancelled alternate
     assert "**Assistant** (stopped)\n\nA1 again" in store.conversation_markdown(c)
     edited = [m for m in store.export_conversation(c)["messages"] if m["content"] == "Q1 edited"]

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from localr1.cli.conversation_id import CONVERSATION_ID
+from localr1.durations import format_seconds
 from localr1.errors import LocalR1Error
+from localr1.terminal_text import safe_echo
 
 if TYPE_CHECKING:
-    from localr1.store.database import Conversation, Message, Store
+    from localr1.store import Conversation, Message, Store
 
 # Snippet highlight markers for the terminal: control characters no stored text keeps as is
 # (visible_controls escapes any in the text itself), swapped for bold afterwards.
@@ -25,11 +28,13 @@ class HistoryFileError(LocalR1Error):
     """An export or import file that cannot be written, read or parsed."""
 
 
-def _open_store() -> Store:
+def _open_store(*, read_only: bool = False) -> Store:
+    """The history; `read_only` for the commands that only read (a read-only data folder
+    must not stop them)."""
     from localr1.paths import app_paths
-    from localr1.store.database import Store
+    from localr1.store import Store
 
-    return Store.open(app_paths().db_path)
+    return Store.open(app_paths().db_path, read_only=read_only)
 
 
 def _local_time(iso: str) -> str:
@@ -37,8 +42,8 @@ def _local_time(iso: str) -> str:
 
     try:
         return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return iso[:16]
+    except (ValueError, OverflowError, OSError):  # an imported file can say anything
+        return _safe(iso[:16])
 
 
 def _safe(text: str) -> str:
@@ -52,9 +57,9 @@ def _one_line(text: str) -> str:
 
 
 def _echo_json(data: Any) -> None:
-    import json
+    from localr1.store.json_text import json_text
 
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    safe_echo(json_text(data))
 
 
 @click.group()
@@ -73,23 +78,23 @@ def history() -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print the conversations as JSON.")
 def list_command(limit: int, include_archived: bool, json_output: bool) -> None:
     """Newest conversations first (pinned ones, marked *, before the rest)."""
-    with _open_store() as store:
+    with _open_store(read_only=True) as store:
         conversations = store.list_conversations(limit=limit,
                                                  include_archived=include_archived)
     if json_output:
         _echo_json([c.as_dict() for c in conversations])
         return
     if not conversations:
-        click.echo("No saved conversations.")
+        safe_echo("No saved conversations.")
         return
-    click.echo(f"  {'ID':>5}  {'UPDATED':<16}  {'MODEL':<24}  {'MSGS':>5}  TITLE")
+    safe_echo(f"  {'ID':>5}  {'UPDATED':<16}  {'MODEL':<24}  {'MSGS':>5}  TITLE")
     for c in conversations:
         mark = "*" if c.pinned else " "
         model = _safe(_one_line(c.model or "-"))
         if len(model) > 24:
             model = model[:23] + "…"
         title = _safe(c.title or "(untitled)") + ("  [archived]" if c.archived else "")
-        click.echo(f"{mark} {c.id:>5}  {_local_time(c.updated_at):<16}  {model:<24}  "
+        safe_echo(f"{mark} {c.id:>5}  {_local_time(c.updated_at):<16}  {model:<24}  "
                    f"{c.message_count or 0:>5}  {title}")
 
 
@@ -97,15 +102,16 @@ def list_command(limit: int, include_archived: bool, json_output: bool) -> None:
 
 
 @history.command("show")
-@click.argument("conversation_id", type=int)
-@click.option("--json", "output", flag_value="json", help="Print the shown branch as JSON.")
+@click.argument("conversation_id", type=CONVERSATION_ID)
+@click.option("--json", "output", flag_value="json",
+              help="Print the shown branch as JSON (with the conversation's settings).")
 @click.option("--markdown", "output", flag_value="markdown", help="Print it as Markdown.")
 @click.option("--reasoning", is_flag=True, help="Include the models' reasoning.")
 def show(conversation_id: int, output: str | None, reasoning: bool) -> None:
     """Print a conversation (the branch currently shown in the chat)."""
-    with _open_store() as store:
+    with _open_store(read_only=True) as store:
         if output == "markdown":
-            click.echo(store.conversation_markdown(conversation_id,
+            safe_echo(store.conversation_markdown(conversation_id,
                                                    include_reasoning=reasoning), nl=False)
             return
         conversation = store.conversation(conversation_id)
@@ -127,18 +133,18 @@ def _position(store: Store, message: Message) -> tuple[int, int]:
 
 def _print_conversation(conversation: Conversation, messages: list[Message],
                         alternates: dict[int, tuple[int, int]], reasoning: bool) -> None:
-    click.secho(_safe(conversation.title or "(untitled)"), bold=True)
+    safe_echo(_safe(conversation.title or "(untitled)"), bold=True)
     details = [f"conversation {conversation.id}"]
     if conversation.model:
         details.append(f"model {_safe(conversation.model)}")
     details.append(f"updated {_local_time(conversation.updated_at)}")
-    click.echo(" · ".join(details))
+    safe_echo(" · ".join(details))
     if conversation.system_prompt:
-        click.echo()
-        click.secho("System prompt:", bold=True)
-        click.echo(_safe(conversation.system_prompt.strip()))
+        safe_echo()
+        safe_echo("System prompt:", bold=True)
+        safe_echo(_safe(conversation.system_prompt.strip()))
     for message in messages:
-        click.echo()
+        safe_echo()
         header = message.role.capitalize()
         index, count = alternates.get(message.id, (1, 1))
         if count > 1:
@@ -149,14 +155,14 @@ def _print_conversation(conversation: Conversation, messages: list[Message],
             header += " (stopped)"
         elif message.finish_reason in ("length", "error"):
             header += f" ({message.finish_reason})"
-        click.secho(header + ":", bold=True)
+        safe_echo(header + ":", bold=True)
         if reasoning and message.reasoning:
             seconds = message.thinking_seconds
-            took = f" ({seconds:.0f} s)" if seconds is not None else ""
-            click.secho(f"[reasoning{took}]", dim=True)
-            click.secho(_safe(message.reasoning.strip()), dim=True)
-            click.secho("[/reasoning]", dim=True)
-        click.echo(_safe(message.content.strip()))
+            took = f" ({format_seconds(seconds)})" if seconds is not None else ""
+            safe_echo(f"[reasoning{took}]", dim=True)
+            safe_echo(_safe(message.reasoning.strip()), dim=True)
+            safe_echo("[/reasoning]", dim=True)
+        safe_echo(_safe(message.content.strip()))
 
 
 # ---- search --------------------------------------------------------------------------------
@@ -176,14 +182,14 @@ def search(query: tuple[str, ...], limit: int, reasoning: bool, json_output: boo
     """
     text = " ".join(query)
     highlight = ("**", "**") if json_output else (_MARK_START, _MARK_END)
-    with _open_store() as store:
+    with _open_store(read_only=True) as store:
         hits = store.search(text, limit=limit, include_reasoning=reasoning,
                             highlight=highlight)
     if json_output:
         _echo_json([hit.as_dict() for hit in hits])
         return
     if not hits:
-        click.echo("No matches.")
+        safe_echo("No matches.")
         return
     for hit in hits:
         where = "title" if hit.message_id is None else f"message {hit.message_id}, {hit.role}"
@@ -207,7 +213,7 @@ def _highlighted(snippet: str) -> str:
 
 
 @history.command("export")
-@click.argument("conversation_id", type=int, required=False)
+@click.argument("conversation_id", type=CONVERSATION_ID, required=False)
 @click.option("--all", "export_all", is_flag=True, help="Every conversation, archived too.")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]),
               help="Default: from the -o file's suffix, else json.")
@@ -219,15 +225,16 @@ def export(conversation_id: int | None, export_all: bool, fmt: str | None, outpu
            reasoning: bool) -> None:
     """Write conversation ID (or --all) as Markdown (shown branch) or JSON (everything).
 
-    JSON exports round-trip through `localr1 history import`.
+    JSON exports (settings included) round-trip through `localr1 history import`. A file
+    written with -o is private to you (0600), like the history itself.
     """
-    import json
+    from localr1.store.json_text import json_text
 
     if (conversation_id is None) == (not export_all):
         raise click.UsageError("give a conversation ID or --all (not both)")
     if fmt is None:
         fmt = "md" if output.lower().endswith((".md", ".markdown")) else "json"
-    with _open_store() as store:
+    with _open_store(read_only=True) as store:
         if export_all:
             ids = [c.id for c in _all_conversations(store)]
         else:
@@ -236,23 +243,37 @@ def export(conversation_id: int | None, export_all: bool, fmt: str | None, outpu
             text = "\n---\n\n".join(store.conversation_markdown(i, include_reasoning=reasoning)
                                     for i in ids)
         else:
-            from localr1.store.database import EXPORT_BUNDLE_FORMAT, EXPORT_VERSION
+            from localr1.store.transfer import EXPORT_BUNDLE_FORMAT, EXPORT_VERSION
 
             exports = [store.export_conversation(i) for i in ids]
             data: Any = exports[0] if not export_all else {
                 "format": EXPORT_BUNDLE_FORMAT, "version": EXPORT_VERSION,
                 "conversations": exports}
-            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+            text = json_text(data) + "\n"
     if output == "-":
-        click.echo(text, nl=False)
+        safe_echo(text, nl=False)
         return
+    _write_private(output, text)
+    noun = "conversation" if len(ids) == 1 else "conversations"
+    safe_echo(f"wrote {len(ids)} {noun} to {output}", err=True)
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write `text` to `path`; a file this creates is 0600 (an existing one keeps its mode:
+    it may be a device such as /dev/stdout)."""
+    import os
+
     try:
-        with open(output, "w", encoding="utf-8") as file:
+        try:
+            fd, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            fd, created = os.open(path, os.O_WRONLY | os.O_TRUNC), False
+        with open(fd, "w", encoding="utf-8") as file:
+            if created:
+                os.fchmod(file.fileno(), 0o600)  # the umask can take bits away, not add them
             file.write(text)
     except OSError as exc:
-        raise HistoryFileError(f"{output}: {exc.strerror or exc}") from None
-    noun = "conversation" if len(ids) == 1 else "conversations"
-    click.echo(f"wrote {len(ids)} {noun} to {output}", err=True)
+        raise HistoryFileError(f"{path}: {exc.strerror or exc}") from None
 
 
 def _all_conversations(store: Store) -> list[Conversation]:
@@ -262,6 +283,28 @@ def _all_conversations(store: Store) -> list[Conversation]:
         found += page
         if len(page) < 500:
             return found
+
+
+# An export is JSON text: it starts with an object or a list, and is read with a size cap, so
+# a device like /dev/zero or /dev/full is refused at its first bytes instead of read forever.
+_EXPORT_LIMIT = 1 << 30
+_CHUNK = 1 << 20
+
+
+def _read_export(handle, name: str) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := handle.read(_CHUNK):
+        if not chunks:
+            start = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")[:1]
+            if start and start not in b"{[":
+                raise HistoryFileError(
+                    f"{name}: not a localr1 export (an export is a JSON object or list)")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > _EXPORT_LIMIT:
+            raise HistoryFileError(f"{name}: larger than {_EXPORT_LIMIT >> 30} GiB; not an export")
+    return b"".join(chunks).decode("utf-8-sig")
 
 
 @history.command("import")
@@ -275,10 +318,10 @@ def import_command(file: str) -> None:
 
     try:
         if file == "-":
-            text = sys.stdin.read()
+            text = _read_export(sys.stdin.buffer, file)
         else:
-            with open(file, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(file, "rb") as handle:
+                text = _read_export(handle, file)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise HistoryFileError(f"{file}: {_one_line(reason)}") from None
@@ -287,19 +330,23 @@ def import_command(file: str) -> None:
     except json.JSONDecodeError as exc:
         raise HistoryFileError(f"{file}: not valid JSON (line {exc.lineno} column {exc.colno}: "
                                f"{exc.msg})") from None
+    except RecursionError:
+        raise HistoryFileError(f"{file}: not a localr1 export (nested too deeply)") from None
+    except ValueError as exc:  # e.g. a number with more than 4,300 digits
+        raise HistoryFileError(f"{file}: not valid JSON ({_one_line(str(exc))})") from None
     with _open_store() as store:
         ids = store.import_conversations(data)
     for new_id in ids:
-        click.echo(new_id)
+        safe_echo(new_id)
     noun = "conversation" if len(ids) == 1 else "conversations"
-    click.echo(f"imported {len(ids)} {noun}", err=True)
+    safe_echo(f"imported {len(ids)} {noun}", err=True)
 
 
 # ---- rm ------------------------------------------------------------------------------------
 
 
 @history.command("rm")
-@click.argument("conversation_ids", nargs=-1, type=int, required=True)
+@click.argument("conversation_ids", nargs=-1, type=CONVERSATION_ID, required=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(conversation_ids: tuple[int, ...], yes: bool) -> None:
     """Delete conversations (with all their messages) for good."""
@@ -307,11 +354,11 @@ def rm(conversation_ids: tuple[int, ...], yes: bool) -> None:
         conversations = [store.conversation(i) for i in dict.fromkeys(conversation_ids)]
         if not yes:
             for c in conversations:
-                click.echo(f"{c.id:>5}  {_safe(c.title or '(untitled)')}  "
+                safe_echo(f"{c.id:>5}  {_safe(c.title or '(untitled)')}  "
                            f"({c.message_count or 0} messages)")
             noun = "this conversation" if len(conversations) == 1 else \
                 f"these {len(conversations)} conversations"
             click.confirm(f"Delete {noun}?", abort=True)
         for c in conversations:
             store.delete_conversation(c.id)
-            click.echo(f"deleted conversation {c.id}")
+            safe_echo(f"deleted conversation {c.id}")

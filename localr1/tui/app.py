@@ -21,7 +21,7 @@ from textual.screen import Screen
 from localr1.config import Settings, load_settings
 from localr1.errors import LocalR1Error
 from localr1.paths import AppPaths, app_paths
-from localr1.store.database import Conversation, Store
+from localr1.store import Conversation, Store
 from localr1.tui.conversation_settings import ConversationSettings
 from localr1.tui.messages import ModelLoaded, ModelLoadFailed
 from localr1.tui.prefs import TuiPrefs
@@ -33,24 +33,6 @@ if TYPE_CHECKING:  # llama.cpp's bindings, the model library: loaded after the f
 
 ModelState = Literal["none", "loading", "ready", "failed"]
 SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
-
-
-def model_label_for(path: Path, models_dir: Path) -> str:
-    """How a model is named in the history: its library name, or its path if it has none."""
-    from localr1.models.library import installed_models
-
-    try:
-        from localr1.models.registry import ModelRegistry
-
-        registered = ModelRegistry.default().find_path(path)
-        if registered is not None:
-            return registered.name
-    except (LocalR1Error, OSError, ValueError):
-        pass
-    for name, installed in installed_models(models_dir).items():
-        if installed == path:
-            return name
-    return str(path)
 
 
 class LocalR1App(App[None]):
@@ -78,9 +60,11 @@ class LocalR1App(App[None]):
         self.engine = engine
         self._owns_engine = engine is None
         self.model_path = model_path or (engine.info.path if engine is not None else None)
-        self.model_label = model_label or (model_label_for(self.model_path,
-                                                           self.paths.models_dir)
-                                           if self.model_path else "unknown model")
+        if model_label is None and self.model_path is not None:
+            from localr1.models.choice import name_model
+
+            model_label = name_model(self.model_path, self.paths.models_dir).name
+        self.model_label = model_label or "unknown model"
         self.engine_config: EngineConfig | None = None  # None: injected, do not reload it
         self._last_good_config: EngineConfig | None = None
         self.failed_configs: set[EngineConfig] = set()
@@ -150,7 +134,7 @@ class LocalR1App(App[None]):
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def _load(self, config: EngineConfig, previous: Engine | None) -> None:
         from localr1.engine.llama_engine import Engine
-        from localr1.models.library import mark_used
+        from localr1.models.choice import name_model, record_use
 
         # Free the old model first: two big models at once may not fit in memory.
         if previous is not None:
@@ -163,9 +147,13 @@ class LocalR1App(App[None]):
         except Exception as exc:  # llama.cpp can raise anything; report it, keep running
             self.post_message(ModelLoadFailed(config, f"{type(exc).__name__}: {exc}"))
         else:
-            with contextlib.suppress(Exception):  # "last used" in the model list; a nicety
-                mark_used(config.model_path)
-            self.post_message(ModelLoaded(engine, config, config.model_path.name))
+            models_dir = self.paths.models_dir
+            chosen = name_model(config.model_path, models_dir)
+            # A GGUF opened by its path is remembered under the name the history records, so
+            # reopening the conversation finds it; that and "last used" are niceties.
+            with contextlib.suppress(Exception):
+                chosen = record_use(chosen, models_dir, remember=True)
+            self.post_message(ModelLoaded(engine, config, chosen.name))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.failed_configs.discard(message.config)
@@ -173,7 +161,7 @@ class LocalR1App(App[None]):
         self._owns_engine = True
         self.engine_config = self._last_good_config = message.config
         self.model_path = message.config.model_path
-        self.model_label = model_label_for(self.model_path, self.paths.models_dir)
+        self.model_label = message.label
         self.model_state = "ready"
         self.model_problem = None
         self._tell_chat()
@@ -227,14 +215,6 @@ class LocalR1App(App[None]):
 
     # ---- settings --------------------------------------------------------------------------
 
-    @property
-    def can_save_params(self) -> bool:
-        return hasattr(self.store, "set_params")
-
-    @property
-    def can_save_system_prompt(self) -> bool:
-        return hasattr(self.store, "set_system_prompt")
-
     def settings_for(self, conversation: Conversation | None) -> ConversationSettings:
         if conversation is None:
             return self.new_chat_settings or ConversationSettings.defaults(self.settings)
@@ -243,12 +223,10 @@ class LocalR1App(App[None]):
 
     def save_conversation_settings(self, conversation: Conversation,
                                    settings: ConversationSettings) -> None:
-        """Saved with the conversation where the store can; in memory until it can."""
+        """Saved with the conversation (kept in memory too, for when the write fails)."""
         try:
-            if self.can_save_params:
-                self.store.set_params(conversation.id, settings.params_json(self.settings))
-            if self.can_save_system_prompt and settings.system_prompt != \
-                    conversation.system_prompt:
+            self.store.set_params(conversation.id, settings.params_json(self.settings))
+            if settings.system_prompt != conversation.system_prompt:
                 self.store.set_system_prompt(conversation.id, settings.system_prompt)
         except LocalR1Error as exc:
             self.notify(str(exc), severity="error", markup=False)
@@ -334,42 +312,20 @@ class LocalR1App(App[None]):
 def run_chat(model: str | None = None, conversation_id: int | None = None) -> None:
     """`localr1 chat [--model NAME|PATH] [CONVERSATION_ID]`: resolve the model, open the
     history and run the TUI. Raises LocalR1Error (one line) for a bad model or id."""
+    from localr1.models.choice import choose_model
+
     paths = app_paths()
     settings = load_settings(paths.config_file)
     store = Store.open(paths.db_path)
     try:
         conversation = store.conversation(conversation_id) if conversation_id is not None \
             else None
-        model_path = _choose_model(model, conversation, settings, paths)
-        app = LocalR1App(store=store, model_path=model_path, settings=settings,
+        chosen = choose_model(model, settings, paths, lenient=True,
+                              conversation_model=conversation.model if conversation else None)
+        app = LocalR1App(store=store, model_path=chosen.path if chosen else None,
+                         model_label=chosen.name if chosen else None, settings=settings,
                          conversation_id=conversation_id, paths=paths)
         app.run()
         app.shutdown()
     finally:
         store.close()
-
-
-def _choose_model(model: str | None, conversation: Conversation | None, settings: Settings,
-                  paths: AppPaths) -> Path | None:
-    """--model, else the conversation's model, else default_model, else an installed one;
-    None (the welcome screen) when there is none."""
-    from localr1.models.library import installed_models, resolve_model
-
-    if model:
-        return resolve_model(model, paths.models_dir)
-    if conversation is not None and conversation.model:
-        with contextlib.suppress(LocalR1Error):
-            return resolve_model(conversation.model, paths.models_dir)
-    if settings.default_model:
-        return resolve_model(settings.default_model, paths.models_dir)
-    installed = installed_models(paths.models_dir)
-    if installed:
-        return next(iter(installed.values()))
-    try:  # imported models (registry JSON, no header reads): the one used last
-        from localr1.models.registry import ModelRegistry
-
-        registered = [m for m in ModelRegistry.default().models() if m.path.is_file()]
-    except (LocalR1Error, OSError, ValueError):
-        registered = []
-    registered.sort(key=lambda m: m.last_used or m.added_at, reverse=True)
-    return registered[0].path if registered else None

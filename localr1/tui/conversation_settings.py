@@ -1,4 +1,4 @@
-"""One conversation's settings: what its turns are generated with, saved in its params JSON.
+"""One conversation's settings: what its turns are generated with, saved with it (params).
 
 Generation settings (temperature, top_p, max tokens, reasoning budget) go into
 `GenerationParams` for each turn; load settings (context size, GPU layers) decide how the
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localr1.config import Settings
-from localr1.store.database import Conversation
+from localr1.store import Conversation
 
 if TYPE_CHECKING:
     from localr1.engine.llama_engine import EngineConfig, GenerationParams

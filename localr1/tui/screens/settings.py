@@ -50,27 +50,21 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
     SettingsScreen .row > Input { width: 1fr; }
     SettingsScreen #system_prompt { height: 5; margin-bottom: 1; }
     SettingsScreen #keep_open { margin-bottom: 1; }
-    SettingsScreen .note { color: $text-muted; margin-bottom: 1; }
     SettingsScreen #error { color: $text-error; height: auto; }
     SettingsScreen .buttons { height: 3; align-horizontal: right; }
     SettingsScreen .buttons Button { margin-left: 2; }
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
 
-    def __init__(self, settings: ConversationSettings, keep_reasoning_open: bool, *,
-                 system_prompt_editable: bool = True, note: str = "") -> None:
+    def __init__(self, settings: ConversationSettings, keep_reasoning_open: bool) -> None:
         super().__init__()
         self.settings = settings
         self.keep_reasoning_open = keep_reasoning_open
-        self.system_prompt_editable = system_prompt_editable
-        self.note = note
 
     def compose(self) -> ComposeResult:
         s = self.settings
         with Vertical():
             yield Static(Content("Conversation settings"), classes="title")
-            if self.note:
-                yield Static(Content(self.note), classes="note")
             for field, label, value in (
                     ("temperature", "Temperature (0–5)", s.temperature),
                     ("top_p", "Top p (0–1]", s.top_p),
@@ -83,10 +77,8 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
                     yield Label(label)
                     yield Input(str(value), id=field, compact=True)
             yield Label("System prompt (R1: folded into the first message)")
-            area = TextArea(s.system_prompt or "", id="system_prompt", soft_wrap=True,
-                            compact=True)
-            area.read_only = not self.system_prompt_editable
-            yield area
+            yield TextArea(s.system_prompt or "", id="system_prompt", soft_wrap=True,
+                           compact=True)
             yield Checkbox("Keep the reasoning open when the answer starts (all chats)",
                            self.keep_reasoning_open, id="keep_open", compact=True)
             yield Static("", id="error")
@@ -113,7 +105,7 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
                                      int, -1),
             context_size=_number(self._value("context_size"), "Context size", int, 64),
             gpu_layers=gpu_layers,
-            system_prompt=system if self.system_prompt_editable else self.settings.system_prompt)
+            system_prompt=system)
         return SettingsResult(settings, self.query_one("#keep_open", Checkbox).value)
 
     def action_save(self) -> None:

@@ -1,0 +1,107 @@
+"""The history database's schema: sqlite-utils migrations, applied in order on open.
+
+Never edit a migration that has shipped; add the next one (and its fixture, see
+tests/fixtures/make_store_fixture.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from localr1.store.params import SAMPLING, sampling_value
+
+MIGRATIONS = Migrations("localr1")
+
+
+@MIGRATIONS()
+def m001_initial(db: Database) -> None:
+    # active_leaf_id -> messages is circular on purpose: SET NULL keeps it from dangling.
+    db.executescript("""
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            title TEXT,
+            model TEXT,
+            system_prompt TEXT,
+            params TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            pinned INTEGER NOT NULL DEFAULT 0 CHECK (pinned IN (0, 1)),
+            archived INTEGER NOT NULL DEFAULT 0 CHECK (archived IN (0, 1)),
+            active_leaf_id INTEGER REFERENCES messages(id) ON DELETE SET NULL
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL DEFAULT '',
+            reasoning TEXT,
+            thinking_seconds REAL,
+            model TEXT,
+            finish_reason TEXT
+                CHECK (finish_reason IN ('stop', 'length', 'cancelled', 'error', 'incomplete')),
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            ttft_ms REAL,
+            tokens_per_second REAL,
+            created_at TEXT NOT NULL,
+            batch_id TEXT
+        );
+        CREATE INDEX conversations_listing ON conversations (pinned DESC, updated_at DESC, id DESC);
+        CREATE INDEX messages_conversation ON messages (conversation_id, parent_id);
+        CREATE INDEX messages_parent ON messages (parent_id);
+        CREATE INDEX messages_batch ON messages (batch_id) WHERE batch_id IS NOT NULL;
+    """)
+    tokenize = "unicode61 remove_diacritics 2"
+    db["conversations"].enable_fts(["title"], fts_version="FTS5", create_triggers=True,
+                                   tokenize=tokenize)
+    db["messages"].enable_fts(["content", "reasoning"], fts_version="FTS5",
+                              create_triggers=True, tokenize=tokenize)
+
+
+@MIGRATIONS()
+def m002_conversation_settings(db: Database) -> None:
+    # A conversation's sampling settings (F4 in the TUI, `run -c` applies them) in checked
+    # columns, so a stored value is always one `localr1 run` accepts; NULL = the default.
+    db.executescript("""
+        ALTER TABLE conversations ADD COLUMN temperature REAL
+            CHECK (temperature >= 0 AND temperature <= 5);
+        ALTER TABLE conversations ADD COLUMN top_p REAL CHECK (top_p > 0 AND top_p <= 1);
+        ALTER TABLE conversations ADD COLUMN top_k INTEGER CHECK (top_k >= 0);
+        ALTER TABLE conversations ADD COLUMN min_p REAL CHECK (min_p >= 0 AND min_p < 1);
+        ALTER TABLE conversations ADD COLUMN max_tokens INTEGER CHECK (max_tokens >= 0);
+        ALTER TABLE conversations ADD COLUMN seed INTEGER;
+        ALTER TABLE conversations ADD COLUMN reasoning_budget INTEGER
+            CHECK (reasoning_budget >= -1);
+    """)
+    # Move the values v1 kept in the params JSON; ones no version could use are dropped.
+    for conversation_id, text in db.execute("SELECT id, params FROM conversations").fetchall():
+        try:
+            params = json.loads(text or "{}")
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(params, dict) or not set(params) & set(SAMPLING):
+            continue
+        values = {name: sampling_value(name, params.pop(name))
+                  for name in SAMPLING if name in params}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        db.execute(f"UPDATE conversations SET params = ?, {assignments} WHERE id = ?",
+                   (json.dumps(params), *values.values(), conversation_id))
+
+
+def known_migrations() -> list[str]:
+    """The names of the migrations this code knows, oldest first."""
+    db = Database(memory=True)
+    try:
+        return [migration.name for migration in MIGRATIONS.pending(db)]
+    finally:
+        db.close()
+
+
+def schema_version() -> int:
+    """How many migrations this code knows (the N of tests/fixtures/store_vN.db)."""
+    return len(known_migrations())
