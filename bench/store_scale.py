@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from localr1.store.database import Store
+from localr1.store import Store
 
 CONVERSATIONS = 10_000
 MESSAGES = 200_000

@@ -9,19 +9,18 @@ reasoning left out by `prompting`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from types import EllipsisType
+from typing import TYPE_CHECKING, Any
 
-from localr1.engine.llama_engine import (
-    AnswerDelta,
-    Engine,
-    Event,
-    GenerationParams,
-    ReasoningDelta,
-    TurnDone,
-)
-from localr1.store.database import Conversation, Store
+from localr1.chat_message import ChatMessage
+from localr1.engine.events import AnswerDelta, Event, GenerationParams, ReasoningDelta, TurnDone
+from localr1.engine.llama_engine import Engine
+from localr1.store import Conversation, Store
+
+if TYPE_CHECKING:
+    from localr1.store.writer import AssistantMessageWriter
 
 
 @dataclass(frozen=True)
@@ -70,18 +69,41 @@ class ChatSession:
         with writer:  # leaving early records 'cancelled' (Ctrl+C) or 'error'
             for event in self.engine.stream_chat(history, params, cancel=cancel,
                                                  system_prompt=conversation.system_prompt):
-                if isinstance(event, ReasoningDelta):
-                    writer.add("reasoning", event.text)
-                elif isinstance(event, AnswerDelta):
-                    writer.add("answer", event.text)
-                elif isinstance(event, TurnDone):
-                    stats = event.stats
-                    writer.finish(
-                        stats.finish_reason, prompt_tokens=stats.prompt_tokens,
-                        completion_tokens=stats.completion_tokens,
-                        reasoning_tokens=stats.reasoning_tokens,
-                        ttft_ms=round(stats.ttft_seconds * 1000, 1),
-                        tokens_per_second=round(stats.tokens_per_second, 2),
-                        thinking_seconds=stats.thinking_seconds)
+                _write(writer, event)
                 yield event
         yield TurnSaved(conversation_id, user_message_id, writer.message_id)
+
+    def save_answered(self, messages: Sequence[ChatMessage], events: Iterable[Event], *,
+                      system_prompt: str | None = None, metadata: dict[str, Any] | None = None,
+                      batch_id: str | None = None) -> TurnSaved:
+        """Save a turn answered outside `send` (batch's parallel decoder) as a new
+        conversation: the messages as sent, then the answer from its events, written the way
+        `send` writes it. `metadata` goes in the conversation's params."""
+        conversation = self.store.create_conversation(
+            model=self.model_label, system_prompt=system_prompt, params=metadata)
+        parent_id = None
+        for message in messages:
+            parent_id = self.store.add_message(conversation.id, message.role, message.content,
+                                               batch_id=batch_id).id
+        writer = self.store.assistant_writer(conversation.id, parent_id=parent_id,
+                                             model=self.model_label, batch_id=batch_id)
+        with writer:
+            for event in events:
+                _write(writer, event)
+        return TurnSaved(conversation.id, parent_id, writer.message_id)
+
+
+def _write(writer: AssistantMessageWriter, event: Event) -> None:
+    """One engine event into the answer's row: texts as they come, the numbers at the end."""
+    if isinstance(event, ReasoningDelta):
+        writer.add("reasoning", event.text)
+    elif isinstance(event, AnswerDelta):
+        writer.add("answer", event.text)
+    elif isinstance(event, TurnDone):
+        stats = event.stats
+        writer.finish(
+            stats.finish_reason, prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens, reasoning_tokens=stats.reasoning_tokens,
+            ttft_ms=round(stats.ttft_seconds * 1000, 1),
+            tokens_per_second=round(stats.tokens_per_second, 2),
+            thinking_seconds=stats.thinking_seconds)

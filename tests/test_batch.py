@@ -14,7 +14,7 @@ import pytest
 from localr1.batch import read_items, record_seed
 from localr1.errors import LocalR1Error
 from localr1.paths import app_paths
-from localr1.store.database import Store
+from localr1.store import Store
 from tests.fixtures import scripted_models as sm
 from tests.fixtures.scripted_models import build_scripted_model
 
@@ -207,3 +207,23 @@ def test_missing_input_file_is_one_line(tmp_path, r1_prefill_model):
 def test_read_items_rejects_duplicates_before_running():
     with pytest.raises(LocalR1Error, match="duplicate id"):
         read_items(['{"id": "x", "prompt": "a"}', '{"id": "x", "prompt": "b"}'])
+
+
+def test_a_record_too_long_for_its_sequence_is_an_error_record(tmp_path, r1_prefill_model):
+    # Each record is answered whole: a history that would lose turns is refused, not cut.
+    long = "word " * 150
+    source = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "ok", "prompt": "hi"},
+        {"id": "history", "messages": [{"role": "user", "content": long},
+                                       {"role": "assistant", "content": long},
+                                       {"role": "user", "content": "and now?"}]},
+        {"id": "prompt", "prompt": long * 2},
+    ])
+    result = localr1("batch", source, "-m", r1_prefill_model, "--ctx", 256, "--max-tokens", 40)
+    assert result.returncode == 1
+    out = {r["id"]: r for r in records(result.stdout)}
+    assert out["ok"]["answer"] == sm.ANSWER_TEXT and out["ok"]["error"] is None
+    assert out["history"]["error"] == ("line 2: the messages need more than the 256-token "
+                                       "context; raise --ctx")
+    assert out["prompt"]["error"].startswith("line 3: the prompt needs ")
+    assert out["prompt"]["error"].endswith("raise --ctx")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import pytest
 
+import localr1
 from localr1.chat_message import ChatMessage
-from localr1.engine.llama_engine import (
+from localr1.engine.events import (
     AnswerDelta,
     ContextTrimmed,
-    Engine,
-    EngineConfig,
     GenerationParams,
     ReasoningDelta,
     TurnDone,
 )
+from localr1.engine.llama_engine import Engine, EngineConfig
+from localr1.engine.prompting import to_model_messages
 from localr1.errors import (
     ChatFormatError,
     ContextOverflowError,
@@ -166,18 +169,65 @@ def test_reasoning_budget_zero_skips_thinking(engines):
     assert reasoning == "" and answer == sm.ANSWER_TEXT
 
 
-def test_old_turns_dropped_to_fit_and_caller_told(engines):
+def fewest_dropped(engine, history, budget, system_prompt=None):
+    """The reference answer, by brute force: leave out the oldest whole turns, one at a time,
+    until the rendered prompt fits; system messages stay and are not counted."""
+    for start in (i for i, m in enumerate(history) if m.role == "user"):
+        kept = [m for m in history[:start] if m.role == "system"] + history[start:]
+        messages = to_model_messages(kept, system_prompt, fold_system=True)
+        if engine.count_prompt_tokens(messages) <= budget:
+            return sum(m.role != "system" for m in history[:start])
+    raise AssertionError("the newest message alone does not fit")
+
+
+LONG = "word " * 100  # about 100 tokens: four of them fill the loop model's 512-token context
+
+
+@pytest.mark.parametrize("history, dropped", [
+    ([ChatMessage("user", LONG), ChatMessage("assistant", LONG), ChatMessage("user", LONG),
+      ChatMessage("assistant", LONG), ChatMessage("user", LONG), ChatMessage("assistant", LONG),
+      ChatMessage("user", "short question")], 2),
+    ([ChatMessage("system", "Be terse."), ChatMessage("user", LONG),
+      ChatMessage("assistant", LONG), ChatMessage("system", "Answer in English."),
+      ChatMessage("user", LONG), ChatMessage("assistant", LONG), ChatMessage("user", LONG),
+      ChatMessage("assistant", LONG), ChatMessage("user", "short question")], 2),
+    ([ChatMessage("user", LONG), ChatMessage("assistant", LONG), ChatMessage("system", "Hm."),
+      ChatMessage("user", LONG), ChatMessage("assistant", LONG), ChatMessage("system", "Ok."),
+      ChatMessage("user", LONG * 3), ChatMessage("assistant", "fine"),
+      ChatMessage("user", "short question")], 4),
+], ids=["plain", "system-messages", "system-messages-in-dropped-turns"])
+def test_old_turns_dropped_to_fit_and_caller_told(engines, history, dropped):
     engine = engines["loop"]  # 512-token context
-    long = "word " * 150
-    history = [ChatMessage("user", long), ChatMessage("assistant", long),
-               ChatMessage("user", long), ChatMessage("assistant", long),
-               ChatMessage("user", "short question")]
-    events = list(engine.stream_chat(history, GenerationParams(max_tokens=50)))
+    params = GenerationParams(max_tokens=50)
+    assert fewest_dropped(engine, history, engine.info.n_ctx - 50) == dropped
+    events = list(engine.stream_chat(history, params))
     trimmed = [e for e in events if isinstance(e, ContextTrimmed)]
-    assert trimmed and trimmed[0].dropped_messages >= 2
-    assert events[-1].stats.dropped_messages == trimmed[0].dropped_messages
-    with pytest.raises(ContextOverflowError):
-        list(engine.stream_chat([ChatMessage("user", "word " * 600)], GenerationParams()))
+    assert len(trimmed) == 1 and trimmed[0].dropped_messages == dropped
+    stats = events[-1].stats
+    assert stats.dropped_messages == dropped
+    assert trimmed[0].prompt_tokens == stats.prompt_tokens <= engine.info.n_ctx - 50
+    prompt = engine.prepare_prompt(history, params)
+    assert prompt.dropped_messages == dropped
+    assert prompt.messages[-1] == {"role": "user", "content": "short question"}
+    assert prompt.tokens == engine.tokenize_prompt(engine.render_prompt(prompt.messages))
+    assert len(prompt.tokens) == stats.prompt_tokens
+
+
+def test_a_prompt_too_long_for_the_context_is_an_error(engines):
+    with pytest.raises(ContextOverflowError, match="raise --ctx"):
+        list(engines["loop"].stream_chat([ChatMessage("user", "word " * 600)],
+                                         GenerationParams()))
+
+
+def test_prepared_prompt_for_a_smaller_context(engines):
+    engine = engines["prefill"]
+    history = [ChatMessage("user", LONG), ChatMessage("assistant", LONG),
+               ChatMessage("user", "short question")]
+    whole = engine.prepare_prompt(history, GenerationParams(max_tokens=50))
+    assert whole.dropped_messages == 0 and whole.start_in_reasoning
+    assert whole.text == engine.render_prompt(whole.messages)
+    small = engine.prepare_prompt(history, GenerationParams(max_tokens=50), n_ctx=150)
+    assert small.dropped_messages == 2 and len(small.tokens) <= 100
 
 
 def test_unknown_chat_format_is_a_clear_error(r1_prefill_model):
@@ -221,3 +271,14 @@ def test_model_larger_than_free_memory(tmp_path):
     path = write_huge_sparse_model(tmp_path / "huge.gguf", tensor_bytes=2**40)  # 1 TiB
     with pytest.raises(InsufficientMemoryError, match="only .* is free"):
         Engine.load(EngineConfig(path, gpu_layers=0))
+
+
+def test_only_the_engine_module_touches_llama_cpp_python_objects():
+    # Other modules get the model, tokenizer and prompts through Engine's public methods.
+    private = re.compile(r"\b(engine|llm|_llm)\._\w|\._model\.|\bllm\.ctx\b")
+    package = Path(localr1.__file__).parent
+    offenders = [f"{path.relative_to(package)}:{n}"
+                 for path in package.rglob("*.py") if path.name != "llama_engine.py"
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if private.search(line)]
+    assert offenders == []

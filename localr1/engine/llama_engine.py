@@ -7,6 +7,9 @@ the TUI and the batch runner all drive it the same way:
     engine = Engine.load(EngineConfig(model_path))
     for event in engine.stream_chat([ChatMessage("user", "hi")], GenerationParams()):
         ...  # ContextTrimmed?, ReasoningDelta*, AnswerDelta*, then exactly one TurnDone
+
+It is also the only module that touches the `llama_cpp.Llama` object: the parallel decoder
+gets the model handle, tokenizer and prompts through the public methods below.
 """
 
 from __future__ import annotations
@@ -17,24 +20,35 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from localr1.chat_message import ChatMessage
 from localr1.config import Settings
-from localr1.engine import llama_log
 from localr1.engine.chat_format import ChatFormat, resolve_chat_format
-from localr1.engine.prompting import fit_to_context, reply_reserve
-from localr1.engine.reasoning import SplitDelta, ThinkSplitter
-from localr1.errors import GenerationError, InsufficientMemoryError, ModelLoadError
+from localr1.engine.events import (
+    ContextTrimmed,
+    Event,
+    GenerationParams,
+    ModelInfo,
+    TurnDone,
+)
+from localr1.engine.loading import check_memory, context_size, load_llama
+from localr1.engine.prompting import (
+    ModelMessage,
+    PreparedPrompt,
+    fit_to_context,
+    reply_reserve,
+)
+from localr1.engine.reasoning import ThinkSplitter
+from localr1.engine.turn_account import TurnAccount, max_new_tokens
+from localr1.errors import GenerationError
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader, read_gguf_header
-from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
     import llama_cpp
-
-FinishReason = Literal["stop", "length", "cancelled"]
 
 # What llama.cpp's --reasoning-budget injects to end a think block early.
 THINK_CLOSE = "\n</think>\n\n"
@@ -57,104 +71,19 @@ class EngineConfig:
         return cls(Path(model_path), **values)
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    max_tokens: int = 0  # 0 = until the context window is full
-    seed: int | None = None
-    reasoning_budget: int = -1  # -1 = unlimited; 0 = answer without thinking
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides) -> GenerationParams:
-        s = settings.sampling
-        values = dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-                      repeat_penalty=s.repeat_penalty, seed=s.seed,
-                      max_tokens=settings.max_tokens,
-                      reasoning_budget=settings.reasoning_budget)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    path: Path
-    name: str
-    architecture: str | None
-    quantization: str | None
-    parameter_count: int
-    size_bytes: int
-    n_layers: int
-    n_ctx: int
-    n_ctx_train: int | None
-    gpu_layers: int  # layers offloaded (llama.cpp counts n_layers + 1 for "all")
-    backend: str
-    threads: int
-    chat_format: str
-    is_r1: bool
-
-    @property
-    def placement(self) -> str:
-        """Where the model runs, as shown in headers: 'CPU' or 'GPU 20/29 layers (CUDA)'."""
-        if self.gpu_layers <= 0:
-            return "CPU"
-        total = self.n_layers + 1
-        return f"{self.backend} {min(self.gpu_layers, total)}/{total} layers"
-
-
-@dataclass(frozen=True)
-class ContextTrimmed:
-    dropped_messages: int
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
-class ReasoningDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class AnswerDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class TurnStats:
-    finish_reason: FinishReason
-    prompt_tokens: int
-    cached_prompt_tokens: int  # prompt prefix reused from the KV cache
-    completion_tokens: int
-    reasoning_tokens: int
-    reasoning_truncated: bool  # the think block never closed
-    reasoning_budget_hit: bool
-    dropped_messages: int
-    ttft_seconds: float  # request to first generated token (prompt processing included)
-    tokens_per_second: float  # generated tokens / time from first to last token
-    thinking_seconds: float | None  # first token to the end of the think block
-    total_seconds: float
-
-
-@dataclass(frozen=True)
-class TurnDone:
-    stats: TurnStats
-
-
-Event = ContextTrimmed | ReasoningDelta | AnswerDelta | TurnDone
-
-
 class Engine:
     """A loaded GGUF. Not thread-safe for concurrent turns; `cancel` may be set from any thread."""
 
     def __init__(self, llm: llama_cpp.Llama, header: GGUFHeader, info: ModelInfo,
                  chat_format: ChatFormat) -> None:
+        import llama_cpp
+
         self._llm = llm
         self.header = header
         self.info = info
         self.chat_format = chat_format
-        self._vocab = llm._model.vocab  # for the cheap per-token end-of-generation check
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._vocab_is_eog = llama_cpp.llama_vocab_is_eog  # checked once per generated token
         self._lock = threading.Lock()
 
     # ---- loading -------------------------------------------------------------------------
@@ -162,16 +91,16 @@ class Engine:
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
         header = read_gguf_header(config.model_path)  # before llama.cpp: it may abort on bad files
-        n_ctx = _context_size(config.context_size, header.context_length)
+        n_ctx = context_size(config.context_size, header.context_length)
         estimate = hardware.estimate_memory(header, n_ctx)
         backend = hardware.backend_info()
         gpu_layers = hardware.plan_gpu_layers(config.gpu_layers, estimate, backend,
                                               hardware.gpu_free_bytes(backend)
                                               if config.gpu_layers == "auto" else None)
         if config.check_memory:
-            _check_memory(config.model_path, estimate, gpu_layers, n_ctx)
+            check_memory(config.model_path, estimate, gpu_layers, n_ctx)
         threads = config.threads or hardware.default_threads()
-        llm = _load_llama(config.model_path, header, n_ctx, gpu_layers, threads)
+        llm = load_llama(config.model_path, header, n_ctx, gpu_layers, threads)
         chat_format = resolve_chat_format(llm, config.chat_format, header.architecture,
                                           config.model_path.name)
         info = ModelInfo(
@@ -193,21 +122,77 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- the model, for other decode loops -------------------------------------------------
+
+    @property
+    def model_handle(self) -> llama_cpp.llama_model_p:
+        """The loaded llama_model, for a decode loop with its own llama_context."""
+        return self._llm.model
+
+    @property
+    def n_vocab(self) -> int:
+        return self._llm.n_vocab()
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return self._vocab_is_eog(self._vocab, token)
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return self._llm.detokenize(tokens)
+
+    @cached_property
+    def think_close_tokens(self) -> list[int]:
+        """THINK_CLOSE as tokens, for --reasoning-budget."""
+        return self._llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
+
     # ---- prompts -------------------------------------------------------------------------
 
-    def render_prompt(self, messages: list[dict[str, str]]) -> str:
+    def prepare_prompt(self, history: Sequence[ChatMessage], params: GenerationParams, *,
+                       system_prompt: str | None = None,
+                       n_ctx: int | None = None) -> PreparedPrompt:
+        """History → fitted model messages → prompt text → tokens, for a context of `n_ctx`
+        tokens (default: the engine's own) with room for the reply that `params` allow."""
+        n_ctx = n_ctx or self.info.n_ctx
+        return fit_to_context(history, system_prompt, self.chat_format.is_r1, self._encode,
+                              self.count_message_tokens, n_ctx,
+                              reply_reserve(n_ctx, params.max_tokens))
+
+    def render_prompt(self, messages: list[ModelMessage]) -> str:
         return self.chat_format.render(messages).text
 
     def tokenize_prompt(self, text: str) -> list[int]:
-        bos = self._llm.token_bos()
-        bos_text = self._llm.detokenize([bos], special=True).decode("utf-8", "replace") \
-            if bos >= 0 else ""
         # Templates usually write the BOS text themselves; never add a second one.
-        add_bos = not (bos_text and text.startswith(bos_text))
+        add_bos = not (self._bos_text and text.startswith(self._bos_text))
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
-    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self.tokenize_prompt(self.render_prompt(messages)))
+    def count_prompt_tokens(self, messages: list[ModelMessage]) -> int:
+        return len(self._encode(messages)[1])
+
+    def count_message_tokens(self, message: ModelMessage) -> int:
+        """One message's estimated share of a prompt: its content's tokens plus the template's
+        markup around a message (measured once)."""
+        return self._content_tokens(message["content"]) + self._message_overhead
+
+    def _encode(self, messages: list[ModelMessage]) -> tuple[str, list[int]]:
+        text = self.render_prompt(messages)
+        return text, self.tokenize_prompt(text)
+
+    @cached_property
+    def _bos_text(self) -> str:
+        bos = self._llm.token_bos()
+        return self._llm.detokenize([bos], special=True).decode("utf-8", "replace") \
+            if bos >= 0 else ""
+
+    @cached_property
+    def _message_overhead(self) -> int:
+        # A user/assistant pair more, minus its content, is two messages' worth of markup.
+        one = {"role": "user", "content": "x"}
+        pair = [one, {"role": "assistant", "content": "x"}]
+        markup = self.count_prompt_tokens([*pair, one]) - self.count_prompt_tokens([one]) \
+            - 2 * self._content_tokens("x")
+        return max(0, -(-markup // 2))  # rounded up: an estimate that errs long
+
+    def _content_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -222,29 +207,25 @@ class Engine:
     def _stream_chat(self, history: Sequence[ChatMessage], params: GenerationParams,
                      system_prompt: str | None, cancel: threading.Event) -> Iterator[Event]:
         started = time.perf_counter()
-        n_ctx = self.info.n_ctx
-        fitted = fit_to_context(history, system_prompt, self.chat_format.is_r1,
-                                self.count_prompt_tokens, n_ctx,
-                                reply_reserve(n_ctx, params.max_tokens))
-        if fitted.dropped_messages:
-            yield ContextTrimmed(fitted.dropped_messages, fitted.prompt_tokens)
-        prompt_text = self.render_prompt(fitted.messages)
-        prompt = self.tokenize_prompt(prompt_text)
+        prompt = self.prepare_prompt(history, params, system_prompt=system_prompt)
+        if prompt.dropped_messages:
+            yield ContextTrimmed(prompt.dropped_messages, len(prompt.tokens))
         turn = TurnAccount(
-            prompt_tokens=len(prompt),
-            cached_prompt_tokens=_common_prefix(self._llm._input_ids, prompt),
-            splitter=ThinkSplitter(start_in_reasoning=prompt_text.rstrip().endswith("<think>")),
-            max_new=_max_new_tokens(n_ctx, len(prompt), params.max_tokens),
+            prompt_tokens=len(prompt.tokens),
+            cached_prompt_tokens=_common_prefix(self._llm.input_ids[:self._llm.n_tokens],
+                                                prompt.tokens),
+            splitter=ThinkSplitter(start_in_reasoning=prompt.start_in_reasoning),
+            max_new=max_new_tokens(self.info.n_ctx, len(prompt.tokens), params.max_tokens),
             started=started,
         )
         if cancel.is_set():
             turn.finish_reason = "cancelled"
         else:
             try:
-                yield from self._generate(turn, prompt, params, cancel)
+                yield from self._generate(turn, prompt.tokens, params, cancel)
             except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
                 raise GenerationError(f"llama.cpp failed while generating: {exc}") from None
-        yield TurnDone(turn.stats(fitted.dropped_messages))
+        yield TurnDone(turn.stats(prompt.dropped_messages))
 
     def _generate(self, turn: TurnAccount, prompt: list[int], params: GenerationParams,
                   cancel: threading.Event) -> Iterator[Event]:
@@ -269,7 +250,7 @@ class Engine:
                 now = time.perf_counter()
                 if turn.first_token_at is None:
                     turn.first_token_at = now
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                if self.is_end_of_generation(token):
                     turn.finish_reason = "stop"
                     break
                 context.append(token)
@@ -295,85 +276,12 @@ class Engine:
         yield from turn.finish(decoder.decode(b"", final=True))
 
     def _close_think(self, turn: TurnAccount, context: list[int], decoder) -> Iterator[Event]:
-        injected = self._llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
+        injected = self.think_close_tokens
         context.extend(injected)
         turn.max_new -= len(injected)  # they take context room like generated tokens
         turn.reasoning_budget_hit = True
         yield from turn.feed(decoder.decode(b"") + THINK_CLOSE, time.perf_counter(),
                              generated=False)
-
-
-@dataclass
-class TurnAccount:
-    """Mutable bookkeeping of one streaming turn: its splitter, token counts and times, and
-    the TurnStats they add up to. The engine and the parallel decoder both keep one."""
-
-    prompt_tokens: int
-    cached_prompt_tokens: int
-    splitter: ThinkSplitter
-    max_new: int
-    started: float
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    thinking_ended_at: float | None = None
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    reasoning_budget_hit: bool = False
-    finish_reason: FinishReason = "length"
-
-    def feed(self, text: str, now: float, generated: bool = True) -> Iterator[Event]:
-        was_reasoning = self.splitter.in_reasoning
-        deltas = self.splitter.feed(text)
-        if generated and (was_reasoning or self.splitter.in_reasoning):
-            self.reasoning_tokens += 1
-        if was_reasoning and not self.splitter.in_reasoning:
-            self.thinking_ended_at = now
-        yield from delta_events(deltas)
-
-    def finish(self, tail: str) -> Iterator[Event]:
-        yield from delta_events(self.splitter.feed(tail) + self.splitter.finish())
-
-    def stats(self, dropped_messages: int) -> TurnStats:
-        end = time.perf_counter()
-        first = self.first_token_at
-        generating = (self.last_token_at or end) - first if first else 0.0
-        thinking = None
-        if self.splitter.saw_reasoning and first is not None:
-            thinking = (self.thinking_ended_at or self.last_token_at or end) - first
-        return TurnStats(
-            finish_reason=self.finish_reason,
-            prompt_tokens=self.prompt_tokens,
-            cached_prompt_tokens=self.cached_prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            reasoning_tokens=self.reasoning_tokens if self.splitter.saw_reasoning else 0,
-            reasoning_truncated=self.splitter.reasoning_truncated,
-            reasoning_budget_hit=self.reasoning_budget_hit,
-            dropped_messages=dropped_messages,
-            ttft_seconds=(first - self.started) if first else end - self.started,
-            tokens_per_second=_rate(self.completion_tokens, generating),
-            thinking_seconds=thinking,
-            total_seconds=end - self.started,
-        )
-
-
-def delta_events(deltas: Sequence[SplitDelta]) -> Iterator[ReasoningDelta | AnswerDelta]:
-    """The splitter's deltas as engine events."""
-    for delta in deltas:
-        yield ReasoningDelta(delta.text) if delta.kind == "reasoning" else AnswerDelta(delta.text)
-
-
-def _rate(tokens: int, seconds: float) -> float:
-    # The first token's time is prompt processing; the rate counts the tokens decoded after it.
-    return (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
-
-
-def _context_size(requested: int, trained: int | None) -> int:
-    return min(requested, trained) if trained else requested
-
-
-def _max_new_tokens(n_ctx: int, prompt_tokens: int, max_tokens: int) -> int:
-    room = n_ctx - prompt_tokens
-    return min(room, max_tokens) if max_tokens > 0 else room
 
 
 def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
@@ -383,43 +291,3 @@ def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-def _check_memory(path: Path, estimate: hardware.MemoryEstimate, gpu_layers: int,
-                  n_ctx: int) -> None:
-    total_layers = estimate.n_layers + 1
-    on_cpu_share = 1.0 - min(gpu_layers, total_layers) / total_layers
-    needed = int((estimate.weights_bytes + estimate.kv_cache_bytes) * on_cpu_share) \
-        + estimate.overhead_bytes
-    available = hardware.memory_info().available_bytes
-    if needed > available:
-        fmt = format_bytes
-        raise InsufficientMemoryError(
-            f"{path.name} needs about {fmt(needed)} of RAM (weights {fmt(estimate.weights_bytes)}"
-            f" + KV cache {fmt(estimate.kv_cache_bytes)} at --ctx {n_ctx}) but only "
-            f"{fmt(available)} is free; use a smaller quant or a smaller --ctx"
-        )
-
-
-def _load_llama(path: Path, header: GGUFHeader, n_ctx: int, gpu_layers: int,
-                threads: int) -> llama_cpp.Llama:
-    import llama_cpp
-
-    llama_log.install()
-    llama_log.take_errors()
-    try:
-        return llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads,
-            n_threads_batch=threads, verbose=False,
-            # We render prompts ourselves; a placeholder format stops llama-cpp-python from
-            # guessing one (and logging about it).
-            chat_format="chatml",
-        )
-    except ValueError as exc:
-        detail = "; ".join(llama_log.take_errors()[-2:]) or str(exc)
-        arch = header.architecture or "unknown"
-        raise ModelLoadError(
-            f"{path.name}: llama.cpp could not load this model (architecture '{arch}'): "
-            f"{detail.strip()}; this llama-cpp-python build may not support it "
-            "(pip install -U llama-cpp-python)"
-        ) from None

@@ -20,25 +20,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localr1.engine.llama_engine import (
-    THINK_CLOSE,
-    Engine,
-    Event,
-    FinishReason,
-    GenerationParams,
-    TurnAccount,
-    TurnDone,
-)
+from localr1.engine.events import Event, FinishReason, GenerationParams, TurnDone
+from localr1.engine.llama_engine import THINK_CLOSE, Engine
+from localr1.engine.prompting import PreparedPrompt
 from localr1.engine.reasoning import ThinkSplitter
+from localr1.engine.turn_account import TurnAccount, max_new_tokens
 from localr1.errors import GenerationError
 
 
 @dataclass(frozen=True)
 class SequenceRequest:
     key: Any  # the caller's id for this request, echoed in callbacks
-    prompt_tokens: list[int]
+    prompt: PreparedPrompt  # from Engine.prepare_prompt with n_ctx = n_ctx_per_sequence
     params: GenerationParams
-    start_in_reasoning: bool
     seed: int | None = None  # None: params.seed or a random one
 
 
@@ -69,7 +63,6 @@ class ParallelDecoder:
         self.n_parallel = n_parallel
         self.n_ctx_per_sequence = n_ctx_per_sequence
         self.n_batch = max(n_batch, n_parallel)
-        llm = engine._llm
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx_per_sequence * n_parallel
         params.n_batch = self.n_batch
@@ -78,16 +71,13 @@ class ParallelDecoder:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False  # each sequence gets its own n_ctx_per_sequence cells
-        self._ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        self._ctx = llama_cpp.llama_init_from_model(engine.model_handle, params)
         if not self._ctx:
             raise GenerationError(f"llama.cpp could not create a context for {n_parallel} "
                                   f"sequences of {n_ctx_per_sequence} tokens")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._vocab = llm._model.vocab
-        self._n_vocab = llm.n_vocab()
-        self._detokenize = llm.detokenize
-        self._close_tokens = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
+        self._close_tokens = engine.think_close_tokens
         # What each sequence's KV cache holds: a new request reuses the common prefix (chat
         # templates start every prompt the same way), as llama-server's slots do.
         self._cached: dict[int, list[int]] = {}
@@ -150,9 +140,8 @@ class ParallelDecoder:
         seed = request.seed if request.seed is not None else params.seed
         if seed is None:
             seed = random.getrandbits(31)
-        room = self.n_ctx_per_sequence - len(request.prompt_tokens)
-        max_new = min(room, params.max_tokens) if params.max_tokens > 0 else room
-        prompt = request.prompt_tokens
+        prompt = request.prompt.tokens
+        max_new = max_new_tokens(self.n_ctx_per_sequence, len(prompt), params.max_tokens)
         cached = self._cached.setdefault(seq_id, [])
         reuse = 0
         for a, b in zip(cached, prompt[:-1], strict=False):  # feed at least one token
@@ -163,7 +152,7 @@ class ParallelDecoder:
         del cached[reuse:]
         account = TurnAccount(
             prompt_tokens=len(prompt), cached_prompt_tokens=reuse,
-            splitter=ThinkSplitter(start_in_reasoning=request.start_in_reasoning),
+            splitter=ThinkSplitter(start_in_reasoning=request.prompt.start_in_reasoning),
             max_new=max_new, started=time.perf_counter())
         slot = _Slot(seq_id=seq_id, request=request, sampler=self._sampler(params, seed),
                      pending=list(prompt[reuse:]), account=account, n_past=reuse)
@@ -176,7 +165,7 @@ class ParallelDecoder:
         llama_cpp = self._llama_cpp
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        add(chain, llama_cpp.llama_sampler_init_penalties(self._n_vocab, 64,
+        add(chain, llama_cpp.llama_sampler_init_penalties(self.engine.n_vocab, 64,
                                                           params.repeat_penalty, 0.0, 0.0))
         if params.temperature == 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -224,11 +213,11 @@ class ParallelDecoder:
         now = time.perf_counter()
         if account.first_token_at is None:
             account.first_token_at = now
-        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        if self.engine.is_end_of_generation(token):
             return "stop"
         account.completion_tokens += 1
         account.last_token_at = now
-        text = slot.decoder.decode(self._detokenize([token]))
+        text = slot.decoder.decode(self.engine.detokenize([token]))
         self._emit(slot, account.feed(text, now), sink)
         slot.pending.append(token)
         if account.completion_tokens >= account.max_new:
@@ -264,4 +253,4 @@ class ParallelDecoder:
         self._emit(slot, account.finish(slot.decoder.decode(b"", final=True)), sink)
         self._llama_cpp.llama_sampler_free(slot.sampler)
         account.finish_reason = reason
-        sink(slot.request.key, TurnDone(account.stats(dropped_messages=0)))
+        sink(slot.request.key, TurnDone(account.stats(slot.request.prompt.dropped_messages)))

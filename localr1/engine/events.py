@@ -1,0 +1,100 @@
+"""What callers hand the engine and what it hands back: generation parameters, the loaded
+model's description, the events of a streaming turn and its final statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from localr1.config import Settings
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    max_tokens: int = 0  # 0 = until the context window is full
+    seed: int | None = None
+    reasoning_budget: int = -1  # -1 = unlimited; 0 = answer without thinking
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> GenerationParams:
+        s = settings.sampling
+        values = dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+                      repeat_penalty=s.repeat_penalty, seed=s.seed,
+                      max_tokens=settings.max_tokens,
+                      reasoning_budget=settings.reasoning_budget)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    name: str
+    architecture: str | None
+    quantization: str | None
+    parameter_count: int
+    size_bytes: int
+    n_layers: int
+    n_ctx: int
+    n_ctx_train: int | None
+    gpu_layers: int  # layers offloaded (llama.cpp counts n_layers + 1 for "all")
+    backend: str
+    threads: int
+    chat_format: str
+    is_r1: bool
+
+    @property
+    def placement(self) -> str:
+        """Where the model runs, as shown in headers: 'CPU' or 'GPU 20/29 layers (CUDA)'."""
+        if self.gpu_layers <= 0:
+            return "CPU"
+        total = self.n_layers + 1
+        return f"{self.backend} {min(self.gpu_layers, total)}/{total} layers"
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    dropped_messages: int
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    cached_prompt_tokens: int  # prompt prefix reused from the KV cache
+    completion_tokens: int
+    reasoning_tokens: int
+    reasoning_truncated: bool  # the think block never closed
+    reasoning_budget_hit: bool
+    dropped_messages: int
+    ttft_seconds: float  # request to first generated token (prompt processing included)
+    tokens_per_second: float  # generated tokens / time from first to last token
+    thinking_seconds: float | None  # first token to the end of the think block
+    total_seconds: float
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    stats: TurnStats
+
+
+Event = ContextTrimmed | ReasoningDelta | AnswerDelta | TurnDone
