@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 import time
 import zipfile
@@ -15,15 +16,11 @@ import pytest
 from gguf.quants import quantize
 
 from localr1.errors import LocalR1Error, ModelFileError
-from localr1.models import gguf_header
-from localr1.models.gguf_header import (
-    GGML_TYPES,
-    GGML_TYPES_REMOVED,
-    LLAMA_FTYPES,
-    GGUFArraySummary,
-    GGUFHeader,
-    read_gguf_header,
-)
+from localr1.models import gguf_parser
+from localr1.models.gguf_header import GGUFHeader, read_gguf_header
+from localr1.models.gguf_parser import GGUFArraySummary
+from localr1.models.gguf_types import GGML_TYPES, GGML_TYPES_REMOVED, LLAMA_FTYPES
+from localr1.models.library import resolve_model
 from localr1.sizes import format_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -219,10 +216,11 @@ def test_properties_absent_and_fallbacks(tmp_path: Path) -> None:
     path = raw_gguf(
         tmp_path / "bare.gguf",
         [
-            kv("general.architecture", 8, gstr("llama")),
-            kv("llama.embedding_length", 4, struct.pack("<I", 4096)),
-            kv("llama.attention.head_count", 4, struct.pack("<I", 32)),
-            kv("llama.attention.key_length", 4, struct.pack("<I", 192)),
+            # deepseek2 (MLA) really has a key head (192) larger than its value head (128).
+            kv("general.architecture", 8, gstr("deepseek2")),
+            kv("deepseek2.embedding_length", 4, struct.pack("<I", 4096)),
+            kv("deepseek2.attention.head_count", 4, struct.pack("<I", 32)),
+            kv("deepseek2.attention.key_length", 4, struct.pack("<I", 192)),
             kv("general.file_type", 4, struct.pack("<I", 7 | 1024)),
             kv("split.count", 2, struct.pack("<H", 3)),
         ],
@@ -322,7 +320,7 @@ def test_small_read_buffer_gives_same_result(
 ) -> None:
     """Headers longer than the first read (the buffer grows) parse the same."""
     expected = read_gguf_header(model)
-    monkeypatch.setattr(gguf_header, "_INITIAL_READ", initial_read)
+    monkeypatch.setattr(gguf_parser, "INITIAL_READ", initial_read)
     assert read_gguf_header(model) == expected
 
 
@@ -356,11 +354,11 @@ def cut_points(model: Path) -> dict[str, int]:
     }
 
 
-@pytest.mark.parametrize("initial_read", [gguf_header._INITIAL_READ, 64])
+@pytest.mark.parametrize("initial_read", [gguf_parser.INITIAL_READ, 64])
 def test_truncated_files(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, initial_read: int
 ) -> None:
-    monkeypatch.setattr(gguf_header, "_INITIAL_READ", initial_read)
+    monkeypatch.setattr(gguf_parser, "INITIAL_READ", initial_read)
     for where, size in cut_points(model).items():
         path = truncate_copy(model, tmp_path / f"cut-{size}.gguf", size)
         message = expect_error(path, "truncated", "corrupt")
@@ -399,6 +397,25 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_directory(tmp_path: Path) -> None:
     expect_error(tmp_path, "directory")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_fifo_is_not_a_regular_file_and_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "x.gguf"
+    os.mkfifo(fifo)  # no writer: opening it for reading in blocking mode would hang
+    assert expect_error(fifo, "not a regular file").endswith("a named pipe (FIFO)")
+    assert resolve_model(str(fifo), tmp_path / "models") == fifo  # not "no such file"
+
+
+def test_symlink_loop(tmp_path: Path) -> None:
+    loop = tmp_path / "x.gguf"
+    loop.symlink_to(tmp_path / "y.gguf")
+    (tmp_path / "y.gguf").symlink_to(loop)
+    assert "symlink loop" in expect_error(loop, "symlink loop")
+    assert resolve_model(str(loop), tmp_path / "models") == loop
+    dangling = tmp_path / "gone.gguf"
+    dangling.symlink_to(tmp_path / "nowhere.gguf")
+    expect_error(dangling, "no such file")
 
 
 def test_empty_file(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from localr1.engine.chat_template import ChatTemplate
 from localr1.errors import ChatFormatError
 
 if TYPE_CHECKING:
@@ -107,18 +108,14 @@ def _named_format(name: str, bos: str, eos: str, is_r1: bool, source: str) -> Ch
 
 def _jinja_renderer(template: str, bos: str, eos: str) -> Callable[[list[ModelMessage]],
                                                                     RenderedPrompt]:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
-                                    add_generation_prompt=True)
+    compiled = ChatTemplate(template)  # a syntax error is a ChatFormatError here, at load
 
     def render(messages: list[ModelMessage]) -> RenderedPrompt:
-        try:
-            response = formatter(messages=messages)
-        except Exception as exc:  # template bugs surface as jinja2 / ValueError
-            raise ChatFormatError(f"the chat template failed: {exc}; "
-                                  "try --chat-format NAME") from None
-        return RenderedPrompt(response.prompt, _stops(response.stop))
+        # The variables llama-cpp-python's Jinja2ChatFormatter passes.
+        text = compiled.render(messages=messages, bos_token=bos, eos_token=eos,
+                               add_generation_prompt=True, functions=None, function_call=None,
+                               tools=None, tool_choice=None)
+        return RenderedPrompt(text, (eos,) if eos else ())
 
     return render
 
