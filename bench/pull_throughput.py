@@ -54,7 +54,8 @@ def zeros_sha256(size: int) -> str:
 
 def run_localr1(workdir: Path) -> float:
     from localr1.models.catalog import load_catalog
-    from localr1.models.hub import download, resolve_pull
+    from localr1.models.hub_download import download
+    from localr1.models.hub_resolve import resolve_pull
 
     started = time.perf_counter()
     plan = resolve_pull(f"{REPO}/{FILENAME}", load_catalog(user_file=Path("/nonexistent")))

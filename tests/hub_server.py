@@ -17,6 +17,14 @@ connection after that many body bytes, for the next ``drops_left`` GETs), ``igno
 (answer 200 with the whole file), ``corrupt_paths`` (flip one byte while serving: sha mismatch),
 ``throttle_bytes_per_s``.  Every request is logged in ``requests``.
 
+Hostile knobs, for a server that lies or stalls on purpose: any name can be served with
+``add_file`` (``../`` parts, a NUL, 300 characters; a name the client's URL normalization
+changes is still answered), ``reported_sizes`` (what the API says a file's size is: negative,
+a string), ``trickle_api_interval_s`` / ``trickle_file_interval_s`` (send the API answers /
+file bodies one byte per interval; a real attack would use 2 s, tests use less) and
+``endless_pages`` (every tree listing links to a next page, forever; on
+``page_link_origin`` when set, to send the client elsewhere).
+
 Plain GETs without knobs use ``os.sendfile`` so the benchmark measures the client, not us.
 """
 
@@ -26,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import socket
 import threading
@@ -83,6 +92,12 @@ class HubServer:
         self.ignore_range = False
         self.corrupt_paths: set[str] = set()
         self.throttle_bytes_per_s: float | None = None
+        self.reported_sizes: dict[str, object] = {}
+        self.trickle_api_interval_s: float | None = None
+        self.trickle_file_interval_s: float | None = None
+        self.endless_pages = False
+        self.page_link_origin: str | None = None
+        self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -120,6 +135,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()  # ends trickles still being sent
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -128,6 +144,17 @@ class HubServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def served_at(self, url_path: str) -> ServedFile | None:
+        """The file whose resolve URL the client normalized to `url_path` (dot segments
+        removed, as httpx does), for names like `../../x.gguf`."""
+        for repo in self.repos.values():
+            for served in repo.files.values():
+                for revision in ("main", repo.commit):
+                    url = f"/{repo.repo_id}/resolve/{revision}/{served.path}"
+                    if url != posixpath.normpath(url) and posixpath.normpath(url) == url_path:
+                        return served
+        return None
 
     def take_drop(self) -> int | None:
         """Bytes to send before dropping this response's connection, or None to send it all."""
@@ -211,33 +238,59 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             repo = self._repo_and_revision(match["repo"], match["rev"])
             if repo is None:
                 return
+            query = parse_qs(urlsplit(self.path).query)
             if match["kind"] == "paths-info":
                 form = parse_qs(body)
                 entries = [e for p in form.get("paths", []) if (e := _entry(repo, p))]
             else:
-                query = parse_qs(urlsplit(self.path).query)
                 recursive = query.get("recursive", ["false"])[0].lower() == "true"
                 entries = _tree(repo, match["folder"] or "", recursive)
+            for entry in entries:
+                if entry["path"] in hub.reported_sizes:
+                    entry["size"] = hub.reported_sizes[entry["path"]]
             data = json.dumps(entries).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Repo-Commit", repo.commit)
+            if hub.endless_pages and match["kind"] == "tree":
+                page = int(query.get("cursor", ["0"])[0]) + 1
+                origin = hub.page_link_origin or hub.url
+                self.send_header("Link", f'<{origin}{path}?cursor={page}>; rel="next"')
             self.end_headers()
-            self.wfile.write(data)
+            if hub.trickle_api_interval_s:
+                self._trickle(data, hub.trickle_api_interval_s)
+            else:
+                self.wfile.write(data)
+
+        def _trickle(self, data: bytes, interval: float) -> None:
+            """One byte per interval, until done, the client hangs up or the server stops."""
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    if hub.stopped.wait(interval):
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
 
         # ---- /resolve ------------------------------------------------------------------
 
         def _resolve(self, head: bool) -> None:
             path = self._record()
             match = _RESOLVE.match(path)
-            if not match:
+            served = hub.served_at(unquote(path))
+            if served is not None:
+                repo = next(r for r in hub.repos.values() if served in r.files.values())
+            elif not match:
                 self._error(404, "NotFound", "no such endpoint")
                 return
-            repo = self._repo_and_revision(unquote(match["repo"]), unquote(match["rev"]))
-            if repo is None:
-                return
-            served = repo.files.get(unquote(match["file"]))
+            else:
+                repo = self._repo_and_revision(unquote(match["repo"]), unquote(match["rev"]))
+                if repo is None:
+                    return
+                served = repo.files.get(unquote(match["file"]))
             if served is None:
                 self._error(404, "EntryNotFound", "Entry not found", commit=repo.commit)
                 return
@@ -273,6 +326,11 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self._send_body(served, start, end + 1)
 
         def _send_body(self, served: ServedFile, start: int, stop: int) -> None:
+            if hub.trickle_file_interval_s:
+                with open(served.source, "rb") as f:
+                    f.seek(start)
+                    self._trickle(f.read(stop - start), hub.trickle_file_interval_s)
+                return
             drop_after = hub.take_drop()
             corrupt = served.path in hub.corrupt_paths
             throttle = hub.throttle_bytes_per_s

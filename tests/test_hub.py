@@ -16,23 +16,24 @@ import gguf
 import numpy as np
 import pytest
 
-from localr1.models import hub
+from localr1.models import hub_download, hub_resolve
 from localr1.models.catalog import load_catalog
-from localr1.models.hub import (
+from localr1.models.download_errors import (
     ChecksumMismatchError,
     DownloadError,
-    DownloadOptions,
-    FileDone,
-    HubError,
     NotEnoughSpaceError,
-    Notice,
     PullInterrupted,
+)
+from localr1.models.hub_download import DownloadOptions
+from localr1.models.hub_resolve import (
+    HubError,
     parse_hub_reference,
     quant_from_filename,
     resolve_pull,
     split_part_paths,
 )
 from localr1.models.library import pull_model, resolve_model
+from localr1.models.pull_events import BytesDone, FileDone, Notice
 from localr1.models.registry import ModelRegistry
 from localr1.paths import app_paths
 from tests.hub_server import TEST_TOKEN, file_sha256, hub_for_tests, subprocess_env
@@ -79,11 +80,11 @@ def pull(catalog, reference="r1", options=FAST, events=None, cancel=None):
 
 
 def test_reference_forms():
-    assert parse_hub_reference("bartowski/X-GGUF:q6_k") == hub.HubReference("bartowski/X-GGUF",
-                                                                              "Q6_K", None)
-    assert parse_hub_reference("hf.co/a/b/sub/f.gguf") == hub.HubReference("a/b", None,
-                                                                             "sub/f.gguf")
-    assert parse_hub_reference("a/b") == hub.HubReference("a/b", None, None)
+    reference = hub_resolve.HubReference
+    assert parse_hub_reference("bartowski/X-GGUF:q6_k") == reference("bartowski/X-GGUF",
+                                                                      "Q6_K", None)
+    assert parse_hub_reference("hf.co/a/b/sub/f.gguf") == reference("a/b", None, "sub/f.gguf")
+    assert parse_hub_reference("a/b") == reference("a/b", None, None)
     for not_hub in ("r1:7b", "tiny", "/abs/path.gguf", "a/b:", "a/b/c"):
         assert parse_hub_reference(not_hub) is None, not_hub
     assert quant_from_filename("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf") == "Q4_K_M"
@@ -152,7 +153,7 @@ def test_unknown_repo_file_and_revision(server, catalog):
                                        r"main\)$"):
         resolve_pull(f"{R1_REPO}/missing.gguf", catalog)
     with pytest.raises(HubError, match=rf"^{R1_REPO} has no revision 'v9'$"):
-        hub.remote_files(R1_REPO, (R1_FILE,), revision="v9")
+        hub_resolve.remote_files(R1_REPO, (R1_FILE,), revision="v9")
     with pytest.raises(HubError, match="^repository 'bartowski/DeepSeek-R1-Distill-Qwen-7B"):
         resolve_pull("r1:7b", catalog)  # a catalog entry this Hub does not have
 
@@ -253,7 +254,7 @@ def test_cancel_keeps_the_part_and_says_so(server, catalog):
 
     def on_event(event):
         seen.append(event)
-        if isinstance(event, hub.BytesDone) and len(seen) > 5:
+        if isinstance(event, BytesDone) and len(seen) > 5:
             cancel.set()
 
     plan = resolve_pull("r1", catalog)
@@ -372,7 +373,7 @@ def test_hf_cache_copy_when_links_fail(server, catalog, hf_home, r1_prefill_mode
     def no_links(*_args):
         raise OSError("cross-device link")
 
-    monkeypatch.setattr(hub.os, "link", no_links)
+    monkeypatch.setattr(hub_download.os, "link", no_links)
     events = []
     result = pull(catalog, events=events)
     assert server.gets() == []
@@ -413,13 +414,13 @@ def test_a_file_kept_in_git_is_verified_by_its_blob_id(server, catalog, tmp_path
     server.add_file("someone/small-GGUF", "tiny-Q8_0.gguf", small, lfs=False)
     plan = resolve_pull("someone/small-GGUF:Q8_0", catalog)
     assert plan.files[0].sha256 is None
-    (done,) = hub.download(plan, models_dir(), options=FAST)
+    (done,) = hub_download.download(plan, models_dir(), options=FAST)
     assert done.path.read_bytes() == small.read_bytes()
     assert done.sha256 == file_sha256(small)
     server.corrupt_paths.add("tiny-Q8_0.gguf")
     done.path.unlink()
     with pytest.raises(ChecksumMismatchError, match="checksum mismatch"):
-        hub.download(plan, models_dir(), options=FAST)
+        hub_download.download(plan, models_dir(), options=FAST)
 
 
 @pytest.fixture()

@@ -6,17 +6,17 @@ GGUF dropped into the models folder: its file name with or without `.gguf`), or 
 matches in the message.
 
 Every GGUF is validated before it is registered (magic, version, and that the tensor data fits
-in each part: a truncated download fails here, not inside llama.cpp).
+in each part: a truncated download fails here, not inside llama.cpp); a pulled file that fails
+is deleted. What we write (pull, import --copy) stays inside the models folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +26,12 @@ from localr1.models.registry import GGUFSummary, InstalledModel, ModelFile, Mode
 
 if TYPE_CHECKING:
     from localr1.models.catalog import Catalog
-    from localr1.models.hub import DownloadedFile, DownloadOptions, OnEvent, PullPlan
+    from localr1.models.hub_download import DownloadedFile, DownloadOptions
+    from localr1.models.hub_resolve import PullPlan
+    from localr1.models.pull_events import OnEvent
+    from localr1.models.scanners import FoundModel
 
 _SPLIT_NAME = re.compile(r"^(?P<base>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def installed_models(models_dir: Path) -> dict[str, Path]:
@@ -46,8 +48,8 @@ def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry |
                   catalog: Catalog | None = None) -> Path:
     """The GGUF to load for `reference`: a path, an installed name, or a catalog name."""
     path = Path(reference).expanduser()
-    if path.is_file():
-        return path
+    if path.is_file() or (os.path.lexists(path) and not path.is_dir()):
+        return path  # a FIFO or a symlink loop too: read_gguf_header says what it is
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a GGUF file")
     registry = registry or ModelRegistry.default()
@@ -62,7 +64,7 @@ def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry |
             raise ModelFileError(f"{model.name}: its file {model.path} is gone; "
                                  f"`localr1 rm {model.name}`, then pull or import it again")
         return model.path
-    from localr1.models.hub import parse_hub_reference
+    from localr1.models.hub_resolve import parse_hub_reference
 
     entry = catalog.find(reference)
     hub_ref = parse_hub_reference(reference)
@@ -95,7 +97,7 @@ def find_installed(reference: str, models_dir: Path, *, registry: ModelRegistry 
     folder = installed_models(models_dir).get(stem)
     if folder is not None:
         return registry.find_path(folder) or _folder_model(folder)
-    from localr1.models.hub import local_path, parse_hub_reference, quant_from_filename
+    from localr1.models.hub_resolve import local_path, parse_hub_reference, quant_from_filename
 
     entry = (catalog or _load_catalog()).find(reference)
     if entry is not None:
@@ -208,7 +210,7 @@ class RemovedModel:
 def remove_model(model: InstalledModel, models_dir: Path,
                  registry: ModelRegistry | None = None) -> RemovedModel:
     """Forget a model; delete its files too when they are our own copy."""
-    from localr1.models.hub import remove_partial
+    from localr1.models.hub_download import remove_partial
 
     registry = registry or ModelRegistry.default()
     deleted = []
@@ -247,7 +249,7 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
         raise ModelFileError(f"{path}: is a folder; import takes a .gguf file (or --scan)")
     parts = split_parts(path)
     validate_gguf(parts)
-    name = name or _default_name(path)
+    name = name or default_name(path)
     if not name.strip() or any(c.isspace() for c in name):
         raise ModelFileError(f"'{name}' cannot be a model name (no spaces)")
     existing = registry.find_path(path)
@@ -257,13 +259,14 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
     if taken is not None:
         raise ModelFileError(f"the name '{name}' is taken by {taken.path}; pass --name")
     if copy:
-        from localr1.models.hub import copy_file
+        from localr1.models.hub_download import copy_file, ensure_writable
+        from localr1.models.safe_paths import join_inside
 
         target_dir = models_dir / "imported"
-        target_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(target_dir, models_dir)
         copies = []
         for part in parts:
-            target = target_dir / part.name
+            target = join_inside(target_dir, part.name)
             if target.exists():
                 raise ModelFileError(f"{target} already exists")
             copy_file(part, target)
@@ -274,20 +277,10 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
     return model
 
 
-def _default_name(path: Path) -> str:
+def default_name(path: Path) -> str:
+    """The name a GGUF is imported under: its file stem, without a split part's suffix."""
     match = _SPLIT_NAME.match(path.stem)
     return match["base"] if match else path.stem
-
-
-@dataclass(frozen=True)
-class FoundModel:
-    """A GGUF another app keeps on disk, before it is registered."""
-
-    name: str
-    parts: tuple[Path, ...]
-    source: str  # "hf-cache", "lmstudio", "ollama"
-    sha256s: tuple[str | None, ...]
-    repo: str | None = None
 
 
 @dataclass(frozen=True)
@@ -296,15 +289,10 @@ class ScanResult:
     skipped: tuple[tuple[FoundModel, str], ...]  # (what, why)
 
 
-def scan_sources(home: Path | None = None) -> list[FoundModel]:
-    """GGUFs in the Hugging Face cache, LM Studio's models folder and Ollama's blob store."""
-    home = home or Path.home()
-    return [*_scan_hf_cache(), *_scan_lmstudio(home), *_scan_ollama(home)]
-
-
 def import_found(found: list[FoundModel],
                  registry: ModelRegistry | None = None) -> ScanResult:
-    """Register what scan_sources found, skipping what is invalid or already registered."""
+    """Register what scanners.scan_sources found, skipping what is invalid or already
+    registered."""
     registry = registry or ModelRegistry.default()
     imported, skipped = [], []
     registered = registry.models()
@@ -330,129 +318,6 @@ def import_found(found: list[FoundModel],
         known_ids.update({_identity(p): item.name for p in item.parts})
         known_shas.update({s: item.name for s in item.sha256s if s})
     return ScanResult(tuple(imported), tuple(skipped))
-
-
-def _scan_hf_cache() -> list[FoundModel]:
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    from localr1.models.hub import hf_cache_dir
-
-    try:
-        info = scan_cache_dir(hf_cache_dir())
-    except (CacheNotFound, OSError):
-        return []
-    found: dict[tuple[str, str], tuple[float, FoundModel]] = {}
-    for repo in info.repos:
-        if repo.repo_type != "model":
-            continue
-        for revision in repo.revisions:
-            by_name = {f.file_name: f for f in revision.files}
-            for cached in revision.files:
-                if not _is_model_gguf(cached.file_name) or _is_later_part(cached.file_name):
-                    continue
-                parts = split_parts(cached.file_path)
-                shas = tuple(_sha_from_blob(by_name[p.name].blob_path) if p.name in by_name
-                             else None for p in parts)
-                relative = cached.file_path.relative_to(revision.snapshot_path).as_posix()
-                item = FoundModel(_hub_style_name(repo.repo_id, relative), parts, "hf-cache",
-                                  shas, repo.repo_id)
-                key = (repo.repo_id, relative)
-                if key not in found or revision.last_modified > found[key][0]:
-                    found[key] = (revision.last_modified, item)  # the newest revision wins
-    return _unique_names([item for _, item in found.values()])
-
-
-def _scan_lmstudio(home: Path) -> list[FoundModel]:
-    found = []
-    for root in (home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"):
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*.gguf")):
-            if not _is_model_gguf(path.name) or _is_later_part(path.name):
-                continue
-            relative = path.relative_to(root).parts
-            repo = "/".join(relative[:2]) if len(relative) >= 3 else None
-            name = _hub_style_name(repo, "/".join(relative[2:])) if repo else \
-                _default_name(path)
-            parts = split_parts(path)
-            found.append(FoundModel(name, parts, "lmstudio", (None,) * len(parts), repo))
-    return _unique_names(found)
-
-
-OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
-
-
-def _scan_ollama(home: Path) -> list[FoundModel]:
-    root = Path(os.environ["OLLAMA_MODELS"]).expanduser() if os.environ.get("OLLAMA_MODELS") \
-        else home / ".ollama" / "models"
-    manifests = root / "manifests"
-    if not manifests.is_dir():
-        return []
-    found = []
-    for manifest in sorted(p for p in manifests.rglob("*") if p.is_file()):
-        try:
-            layers = json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])
-        except (OSError, ValueError, AttributeError):
-            continue
-        digest = next((layer.get("digest") for layer in layers if isinstance(layer, dict)
-                       and layer.get("mediaType") == OLLAMA_MODEL_LAYER), None)
-        if not isinstance(digest, str) or not digest.startswith("sha256:"):
-            continue
-        sha = digest.removeprefix("sha256:")
-        blob = root / "blobs" / f"sha256-{sha}"
-        if not blob.is_file():
-            blob = root / "blobs" / digest  # older Ollama versions kept the colon
-        if not blob.is_file():
-            continue
-        found.append(FoundModel(_ollama_name(manifest.relative_to(manifests).parts), (blob,),
-                                "ollama", (sha if _SHA256.match(sha) else None,)))
-    return _unique_names(found)
-
-
-def _ollama_name(parts: tuple[str, ...]) -> str:
-    """manifests/registry.ollama.ai/library/deepseek-r1/7b -> 'deepseek-r1:7b'."""
-    *where, model, tag = parts
-    if where[:2] == ["registry.ollama.ai", "library"]:
-        where = where[2:]
-    elif where[:1] == ["registry.ollama.ai"]:
-        where = where[1:]
-    return "/".join([*where, model]) + f":{tag}"
-
-
-def _hub_style_name(repo: str, file_path: str) -> str:
-    from localr1.models.hub import quant_from_filename
-
-    quant = quant_from_filename(file_path)
-    return f"{repo}:{quant}" if quant else f"{repo}/{file_path}"
-
-
-def _unique_names(found: list[FoundModel]) -> list[FoundModel]:
-    """Two files that would share a name: the second is named by its full path in the repo."""
-    seen: set[str] = set()
-    result = []
-    for item in found:
-        name = item.name
-        if name.lower() in seen:
-            name = f"{item.repo}/{item.parts[0].name}" if item.repo else \
-                f"{item.name}@{item.source}"
-        seen.add(name.lower())
-        result.append(replace(item, name=name))
-    return result
-
-
-def _is_model_gguf(filename: str) -> bool:
-    # Vision projectors ship as GGUFs next to the model but are not models themselves.
-    return filename.lower().endswith(".gguf") and not filename.lower().startswith("mmproj")
-
-
-def _is_later_part(filename: str) -> bool:
-    match = _SPLIT_NAME.match(filename.removesuffix(".gguf"))
-    return bool(match) and match["index"] != "00001"
-
-
-def _sha_from_blob(blob: Path) -> str | None:
-    return blob.name if _SHA256.match(blob.name) else None
 
 
 def _identity(path: Path) -> tuple[int, int] | Path:
@@ -496,7 +361,7 @@ def pull_model(plan: PullPlan, models_dir: Path, *, on_event: OnEvent | None = N
                options: DownloadOptions | None = None, cancel: threading.Event | None = None,
                registry: ModelRegistry | None = None) -> PullResult:
     """Download (or reuse) the plan's files, validate them, and register the model."""
-    from localr1.models.hub import DownloadOptions, download
+    from localr1.models.hub_download import DownloadOptions, download, remove_partial
 
     registry = registry or ModelRegistry.default()
     existing = installed_copy(plan, models_dir, registry)
@@ -504,8 +369,17 @@ def pull_model(plan: PullPlan, models_dir: Path, *, on_event: OnEvent | None = N
         return PullResult(existing, True, ())
     files = download(plan, models_dir, on_event or (lambda _event: None),
                      options or DownloadOptions(), cancel)
-    model = build_model(plan.name, tuple(f.path for f in files), source="pull", owned=True,
-                        sha256s=tuple(f.sha256 for f in files), verified=True, repo=plan.repo,
-                        catalog_name=plan.catalog_entry.name if plan.catalog_entry else None)
+    try:
+        model = build_model(plan.name, tuple(f.path for f in files), source="pull", owned=True,
+                            sha256s=tuple(f.sha256 for f in files), verified=True,
+                            repo=plan.repo, catalog_name=plan.catalog_entry.name
+                            if plan.catalog_entry else None)
+    except ModelFileError as exc:
+        # The Hub's checksum matched, but what it served is no usable GGUF: keep nothing.
+        for f in files:
+            f.path.unlink(missing_ok=True)
+            remove_partial(f.path)
+        _prune_empty_dirs({f.path.parent for f in files}, models_dir)
+        raise ModelFileError(f"{exc}; the download was deleted") from None
     registry.put(model)
     return PullResult(model, False, files)

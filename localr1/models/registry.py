@@ -204,5 +204,5 @@ def _locked(lock_path: Path) -> Iterator[None]:
 def _real(path: Path) -> Path:
     try:
         return Path(path).resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
         return Path(path).absolute()
