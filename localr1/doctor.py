@@ -1,16 +1,20 @@
-"""`localr1 doctor`: what this install can do, what is broken, and how to fix it."""
+"""`localr1 doctor`'s checks: what this install can do, what is broken, and how to fix it.
+
+Each check is data (`Check`); cli/doctor.py prints them. The default model and `--model` are
+chosen by models.choice, like `run` chooses them.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from localr1 import __version__
+from localr1.config import Settings
 from localr1.errors import LocalR1Error
 from localr1.paths import AppPaths
 
@@ -38,9 +42,9 @@ def run_checks(paths: AppPaths) -> list[Check]:
         checks.extend(_check_backend())
     checks.append(_check_memory())
     checks.extend(_check_paths(paths))
-    settings_check, default_model = _check_config(paths)
+    settings_check, settings = _check_config(paths)
     checks.append(settings_check)
-    checks.append(_check_default_model(default_model, paths))
+    checks.append(_check_default_model(settings or Settings(), paths))
     return checks
 
 
@@ -132,7 +136,7 @@ def _check_paths(paths: AppPaths) -> list[Check]:
     return checks
 
 
-def _check_config(paths: AppPaths) -> tuple[Check, str | None]:
+def _check_config(paths: AppPaths) -> tuple[Check, Settings | None]:
     from localr1.config import load_settings
 
     try:
@@ -140,23 +144,24 @@ def _check_config(paths: AppPaths) -> tuple[Check, str | None]:
     except LocalR1Error as exc:
         return Check("config", "fail", str(exc), "fix the file (localr1 config path)"), None
     source = "defaults" if not paths.config_file.exists() else str(paths.config_file)
-    return Check("config", "ok", f"read from {source}"), settings.default_model
+    return Check("config", "ok", f"read from {source}"), settings
 
 
-def _check_default_model(default_model: str | None, paths: AppPaths) -> Check:
-    if not default_model:
+def _check_default_model(settings: Settings, paths: AppPaths) -> Check:
+    if not settings.default_model:
         return Check("default model", "warn", "none set",
                      "set default_model in config.toml, or pass --model to run")
+    from localr1.models.choice import choose_model
     from localr1.models.gguf_header import read_gguf_header
-    from localr1.models.library import resolve_model
 
     try:
-        header = read_gguf_header(resolve_model(default_model, paths.models_dir))
+        chosen = choose_model(None, settings, paths)
+        header = read_gguf_header(chosen.path)
     except LocalR1Error as exc:
         return Check("default model", "fail", str(exc),
                      "fix default_model in config.toml (localr1 config path)")
     return Check("default model", "ok",
-                 f"{default_model}: {header.architecture}, {header.file_type or 'unknown quant'}")
+                 f"{chosen.name}: {header.architecture}, {header.file_type or 'unknown quant'}")
 
 
 def check_model_runs(reference: str, paths: AppPaths) -> Check:
@@ -164,12 +169,12 @@ def check_model_runs(reference: str, paths: AppPaths) -> Check:
     from localr1.chat_message import ChatMessage
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
-    from localr1.models.library import resolve_model
+    from localr1.models.choice import choose_model
 
     try:
         settings = load_settings(paths.config_file)
-        path = resolve_model(reference, paths.models_dir)
-        with Engine.load(EngineConfig.from_settings(path, settings)) as engine:
+        chosen = choose_model(reference, settings, paths)
+        with Engine.load(EngineConfig.from_settings(chosen.path, settings)) as engine:
             events = list(engine.stream_chat([ChatMessage("user", "Say OK.")],
                                              GenerationParams(max_tokens=8, seed=0)))
     except LocalR1Error as exc:
@@ -177,14 +182,5 @@ def check_model_runs(reference: str, paths: AppPaths) -> Check:
     stats = events[-1].stats
     info = engine.info
     return Check("model test", "ok",
-                 f"{path.name}: runs on {info.placement}, {stats.completion_tokens} tokens at "
-                 f"{stats.tokens_per_second:.1f} tokens/s, context {info.n_ctx}")
-
-
-def print_report(checks: list[Check], stream=sys.stdout) -> None:
-    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
-    width = max(len(c.name) for c in checks)
-    for check in checks:
-        stream.write(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}\n")
-        if check.advice:
-            stream.write(f"      {'':<{width}}  -> {check.advice}\n")
+                 f"{chosen.name}: runs on {info.placement}, {stats.completion_tokens} tokens "
+                 f"at {stats.tokens_per_second:.1f} tokens/s, context {info.n_ctx}")

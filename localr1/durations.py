@@ -1,6 +1,17 @@
-"""Durations and ages as people read them: "3m05s", "5 min ago"."""
+"""Durations and ages as people read them, one style for the CLI and the TUI.
+
+Three shapes, each for one kind of figure: `format_seconds` for short timings where tenths
+matter ("12.3 s": thinking, time to first token), `format_duration` for longer spans where
+they do not ("3m05s": a download's time, its ETA), and `format_age` for how long ago something
+happened ("5 min ago": a model's last use).
+"""
 
 from __future__ import annotations
+
+
+def format_seconds(seconds: float) -> str:
+    """A short timing to a tenth: 12.34 -> "12.3 s"; under 0.05 s -> "<0.1 s"."""
+    return "<0.1 s" if seconds < 0.05 else f"{seconds:.1f} s"
 
 
 def format_duration(seconds: float) -> str:
@@ -17,7 +28,7 @@ def format_duration(seconds: float) -> str:
 
 def format_age(seconds: float) -> str:
     """How long ago something happened: "just now", "5 min ago", "3 h ago", "2 days ago"."""
-    if seconds != seconds or seconds < 60:
+    if seconds != seconds or seconds < 60:  # NaN (a clock gone backwards) reads as now
         return "just now"
     minutes = int(seconds // 60)
     if minutes < 60:

@@ -19,8 +19,8 @@ from localr1.cli.pull_progress import PullProgressPrinter
 from localr1.errors import ConfigError, ModelFileError
 from localr1.models import fit
 from localr1.models.catalog import UnknownModelError, load_catalog
-from localr1.models.hub import BytesDone, FileDone, FileStarted, Notice
 from localr1.models.library import mark_used, resolve_model
+from localr1.models.pull_events import BytesDone, FileDone, FileStarted, Notice
 from localr1.models.registry import ModelRegistry
 from localr1.paths import app_paths
 from tests.fixtures import scripted_models as sm

@@ -1,6 +1,7 @@
 """`localr1 pull | list | show | rm | import`: the models on disk and on the Hub.
 
-Thin, like cli.py: the work is in catalog, hub, library and fit; these commands print.
+Thin, like cli/main.py: the work is in localr1.models (listing and pull_plan build what is
+shown, for the TUI too); these commands print.
 Results go to stdout, progress and notes to stderr. Imports stay inside the commands so
 `localr1 --help` stays cheap.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+from localr1.terminal_text import safe_confirm, safe_echo
 
 if TYPE_CHECKING:
     from localr1.models.catalog import Catalog, CatalogEntry
@@ -39,35 +41,30 @@ def pull(name: str, yes: bool) -> None:
       localr1 pull bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF:Q6_K
     """
     from localr1.cli.pull_progress import PullProgressPrinter
-    from localr1.models.catalog import load_catalog
-    from localr1.models.fit import fit_text, machine_memory, plan_fit
-    from localr1.models.hub import PullInterrupted, resolve_pull
+    from localr1.models.download_errors import PullInterrupted
     from localr1.models.library import pull_model
+    from localr1.models.pull_plan import plan_pull
     from localr1.paths import app_paths
-    from localr1.sizes import format_bytes
 
-    plan = resolve_pull(name, load_catalog())
-    fit = plan_fit(plan, machine_memory())
-    parts = f", {len(plan.files)} parts" if len(plan.files) > 1 else ""
-    click.echo(f"{plan.name}: {plan.repo} ({format_bytes(plan.size_bytes)}{parts}); "
-               f"{fit_text(fit)}", err=True)
-    if not fit.runs and not yes:
-        click.confirm(f"{plan.name} needs about {format_bytes(fit.needed_bytes)} of memory; "
-                      "download anyway?", abort=True, err=True)
+    planned = plan_pull(name)
+    plan = planned.plan
+    safe_echo(f"{plan.name}: {plan.repo} ({planned.size_text}); {planned.fit_text}", err=True)
+    if planned.too_large_question and not yes:
+        safe_confirm(planned.too_large_question, err=True)
     printer = PullProgressPrinter()
     try:
         result = pull_model(plan, app_paths().models_dir, on_event=printer)
     except PullInterrupted as exc:
         printer.close()
-        click.echo(f"localr1: {exc}".replace("pull again", f"`localr1 pull {name}` again"),
+        safe_echo(f"localr1: {exc}".replace("pull again", f"`localr1 pull {name}` again"),
                    err=True)
         sys.exit(130)
     finally:
         printer.close()
     if result.already_installed:
-        click.echo(f"{plan.name} is already installed and verified: {result.model.path}")
+        safe_echo(f"{plan.name} is already installed and verified: {result.model.path}")
     else:
-        click.echo(f"pulled {plan.name}: {result.model.path}")
+        safe_echo(f"pulled {plan.name}: {result.model.path}")
 
 
 # ---- list ------------------------------------------------------------------------------------
@@ -80,119 +77,39 @@ def pull(name: str, yes: bool) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print JSON.")
 def list_models(available: bool, json_output: bool) -> None:
     """List installed models (or, with --available, the catalog)."""
-    from localr1.models.fit import machine_memory
-    from localr1.models.library import list_models as installed
+    from localr1.models.listing import catalog_rows, installed_rows
     from localr1.paths import app_paths
+    from localr1.sizes import format_bytes
 
-    machine = machine_memory()
+    models_dir = app_paths().models_dir
     if available:
         from localr1.models.catalog import load_catalog
 
-        rows = _catalog_rows(load_catalog(), machine)
+        rows = catalog_rows(load_catalog(), models_dir)
         headers = ("NAME", "SIZE", "PARAMS", "FIT", "NOTES")
+        cells = [(r.name, format_bytes(r.entry.size_bytes), r.entry.model.parameters,
+                  r.fit.label, r.notes) for r in rows]
     else:
-        rows = [_installed_row(m, machine) for m in installed(app_paths().models_dir)]
+        rows = installed_rows(models_dir)
         headers = ("NAME", "SIZE", "QUANT", "PARAMS", "FIT", "LAST USED")
+        cells = [(r.name, format_bytes(r.model.size_bytes), r.quant, r.parameters, r.fit_label,
+                  r.last_used) for r in rows]
     if json_output:
-        click.echo(json.dumps([row["json"] for row in rows], indent=2))
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
     if not rows:
-        click.echo("no models installed; `localr1 list --available` shows what `localr1 pull` "
+        safe_echo("no models installed; `localr1 list --available` shows what `localr1 pull` "
                    "can fetch, `localr1 import --scan` finds GGUFs other apps downloaded",
                    err=True)
         return
-    _print_table(headers, [row["cells"] for row in rows])
-
-
-def _installed_row(model: InstalledModel, machine: MachineMemory) -> dict[str, Any]:
-    from localr1.models.fit import assess, default_context_size, shape_from_summary
-    from localr1.models.library import is_missing
-    from localr1.sizes import format_bytes
-
-    missing = is_missing(model)
-    fit = None if missing else assess(shape_from_summary(model.summary), default_context_size(),
-                                      machine)
-    label = "file missing" if fit is None else fit.label
-    summary = model.summary
-    cells = (model.name, format_bytes(model.size_bytes), summary.quant or "?",
-             format_parameters(summary.parameter_count), label, _ago(model.last_used))
-    data = {"name": model.name, "path": str(model.path), "size_bytes": model.size_bytes,
-            "quant": summary.quant, "parameters": summary.parameter_count,
-            "architecture": summary.architecture, "context_length": summary.context_length,
-            "fit": label, "needed_bytes": fit.needed_bytes if fit else None,
-            "last_used": _iso(model.last_used), "source": model.source, "repo": model.repo,
-            "sha256": model.sha256, "files": [str(f.path) for f in model.files]}
-    return {"cells": cells, "json": data}
-
-
-def _catalog_rows(catalog: Catalog, machine: MachineMemory) -> list[dict[str, Any]]:
-    from localr1.models.fit import assess_catalog_entry, default_context_size, recommended_entries
-    from localr1.models.hub import local_path
-    from localr1.models.library import list_models as installed_models
-    from localr1.paths import app_paths
-    from localr1.sizes import format_bytes
-
-    n_ctx = default_context_size()
-    entries = catalog.entries()
-    recommended = recommended_entries(entries, n_ctx, machine)
-    models_dir = app_paths().models_dir
-    on_disk = {m.catalog_name or m.name for m in installed_models(models_dir)}
-    aliases = {}
-    for alias, target in catalog.aliases:
-        found = catalog.find(target)
-        if found:
-            aliases.setdefault(found.name, []).append(alias)
-    rows = []
-    for entry in entries:
-        fit = assess_catalog_entry(entry, n_ctx, machine)
-        installed = entry.name in on_disk or \
-            local_path(models_dir, entry.repo, entry.files[0]).is_file()
-        also = ([entry.model.name] if entry.is_default_quant else []) + \
-            aliases.get(entry.name, [])
-        notes = [f"= {', '.join(also)}"] if also else []
-        notes += ["installed"] if installed else []
-        notes += ["recommended"] if entry.name in recommended else []
-        cells = (entry.name, format_bytes(entry.size_bytes), entry.model.parameters, fit.label,
-                 "  ".join(notes))
-        data = {"name": entry.name, "model": entry.model.name, "quant": entry.quant.quant,
-                "also": also, "repo": entry.repo, "files": list(entry.files),
-                "size_bytes": entry.size_bytes, "parameters": entry.model.parameters,
-                "architecture": entry.model.architecture,
-                "context_length": entry.model.context_length, "license": entry.model.license,
-                "fit": fit.label, "needed_bytes": fit.needed_bytes, "installed": installed,
-                "recommended": entry.name in recommended}
-        rows.append({"cells": cells, "json": data})
-    return rows
+    _print_table(headers, cells)
 
 
 def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for row in (headers, *rows):
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        safe_echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                    .rstrip())
-
-
-def format_parameters(count: int) -> str:
-    """19_500_000 -> '19.5M', 7_615_616_512 -> '7.6B'."""
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f}{unit}"
-    return str(count)
-
-
-def _ago(when: float | None) -> str:
-    if when is None:
-        return "never"
-    from localr1.durations import format_duration
-
-    seconds = max(0.0, time.time() - when)
-    return "just now" if seconds < 60 else f"{format_duration(seconds)} ago"
-
-
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(when))
 
 
 # ---- show ------------------------------------------------------------------------------------
@@ -228,7 +145,7 @@ def show(name: str, json_output: bool, compute_hash: bool) -> None:
     for key, value in fields.items():
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value)
-        click.echo(f"{key.replace('_', ' '):<{width}}  {'-' if value is None else value}")
+        safe_echo(f"{key.replace('_', ' '):<{width}}  {'-' if value is None else value}")
 
 
 def _raise_unknown(name: str, models_dir: Path, catalog: Catalog) -> NoReturn:
@@ -243,6 +160,7 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
                       compute_hash: bool) -> dict[str, Any]:
     from localr1.models.fit import assess, default_context_size, shape_from_summary
     from localr1.models.gguf_header import read_gguf_header
+    from localr1.models.listing import format_parameters, last_used_text
     from localr1.sizes import format_bytes
 
     header = read_gguf_header(model.path)
@@ -268,7 +186,7 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
         "layers": summary.n_layers,
         "chat_template": chat_template_variant(header.chat_template),
         "fit": f"{fit.label} (about {format_bytes(fit.needed_bytes)} at {fit.n_ctx} tokens)",
-        "last_used": _ago(model.last_used),
+        "last_used": last_used_text(model.last_used),
     }
     if entry is not None:
         fields["license"] = entry.model.license
@@ -351,12 +269,12 @@ def rm(name: str, yes: bool) -> None:
     what = f"delete {model.name} ({format_bytes(model.size_bytes)}, {model.path})" \
         if model.owned else f"forget {model.name} (imported; {model.path} stays on disk)"
     if not yes:
-        click.confirm(f"{what[0].upper()}{what[1:]}?", abort=True, err=True)
+        safe_confirm(f"{what[0].upper()}{what[1:]}?", err=True)
     removed = remove_model(model, models_dir)
     if removed.deleted:
-        click.echo(f"deleted {model.name} ({format_bytes(model.size_bytes)} freed)")
+        safe_echo(f"deleted {model.name} ({format_bytes(model.size_bytes)} freed)")
     else:
-        click.echo(f"forgot {model.name}; {model.path} was left in place")
+        safe_echo(f"forgot {model.name}; {model.path} was left in place")
 
 
 # ---- import ----------------------------------------------------------------------------------
@@ -371,7 +289,8 @@ def rm(name: str, yes: bool) -> None:
                    "them all (no copies).")
 def import_models(path: str | None, name: str | None, copy: bool, scan: bool) -> None:
     """Register a GGUF already on disk (no copy by default), or --scan for them."""
-    from localr1.models.library import import_found, import_model, scan_sources
+    from localr1.models.library import import_found, import_model
+    from localr1.models.scanners import scan_sources
     from localr1.paths import app_paths
     from localr1.sizes import format_bytes
 
@@ -382,12 +301,12 @@ def import_models(path: str | None, name: str | None, copy: bool, scan: bool) ->
             raise click.UsageError("--name and --copy go with a PATH, not with --scan")
         result = import_found(scan_sources())
         for model in result.imported:
-            click.echo(f"imported {model.name} ({model.source}, "
+            safe_echo(f"imported {model.name} ({model.source}, "
                        f"{format_bytes(model.size_bytes)}): {model.path}")
         for item, why in result.skipped:
-            click.echo(f"skipped {item.parts[0]}: {why}", err=True)
-        click.echo(f"{len(result.imported)} imported, {len(result.skipped)} skipped", err=True)
+            safe_echo(f"skipped {item.parts[0]}: {why}", err=True)
+        safe_echo(f"{len(result.imported)} imported, {len(result.skipped)} skipped", err=True)
         return
     model = import_model(Path(path), name, copy=copy, models_dir=app_paths().models_dir)
     how = "copied into the models folder" if copy else "registered in place"
-    click.echo(f"imported {model.name} ({format_bytes(model.size_bytes)}, {how}): {model.path}")
+    safe_echo(f"imported {model.name} ({format_bytes(model.size_bytes)}, {how}): {model.path}")

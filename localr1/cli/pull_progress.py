@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import TextIO
 
 from localr1.durations import format_duration
-from localr1.models.hub import BytesDone, FileDone, FileStarted, Notice, PullEvent
+from localr1.models.pull_events import BytesDone, FileDone, FileStarted, Notice, PullEvent
 from localr1.sizes import format_bytes
+from localr1.terminal_text import visible_controls
 
 _ACTIONS = {"download": "pulling", "resume": "resuming", "verify": "verifying",
             "copy": "copying"}
@@ -110,6 +111,8 @@ class PullProgressPrinter:
     def _label(self, filename: str | None = None) -> str:
         file = self._file
         name = filename or (file.filename if file else "")
+        if self.is_tty:  # a Hub file name is data: its control characters are shown, not run
+            name = visible_controls(name)
         if file is not None and file.count > 1:
             return f"[{file.index}/{file.count}] {name}"
         return name
@@ -157,6 +160,8 @@ class PullProgressPrinter:
         self._bar_shown = True
 
     def _line(self, text: str, redraw: bool = False) -> None:
+        if self.is_tty:
+            text = visible_controls(text)
         if self._bar_shown:
             self.stream.write("\r\x1b[K")
             self._bar_shown = False

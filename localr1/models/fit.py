@@ -21,7 +21,7 @@ from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
     from localr1.models.catalog import CatalogEntry, CatalogModel
-    from localr1.models.hub import PullPlan
+    from localr1.models.hub_resolve import PullPlan
     from localr1.models.registry import GGUFSummary
 
 FITS_IN_GPU = "fits in GPU"

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from textual.content import Content
 
+from localr1.durations import format_seconds
 from localr1.terminal_text import visible_controls
 
 
@@ -41,11 +42,6 @@ def day_group(updated_at: str, today: date | None = None) -> str:
     return "Older"
 
 
-def seconds(value: float) -> str:
-    """12.34 -> '12.3 s'; under 0.1 s -> '<0.1 s'."""
-    return "<0.1 s" if value < 0.05 else f"{value:.1f} s"
-
-
 def thinking_label(elapsed: float | None) -> str:
     """The reasoning block's title while the model thinks (whole seconds, ticking)."""
     return "Thinking…" if elapsed is None else f"Thinking… {int(elapsed)} s"
@@ -56,7 +52,7 @@ def thought_label(thinking_seconds: float | None, *, truncated: bool = False,
     """The reasoning block's title once thinking is over: 'Thought for 12.3 s' and why it ended
     early, if it did. No square brackets: Collapsible titles are parsed as markup."""
     text = "Thought" if thinking_seconds is None or not show_time \
-        else f"Thought for {seconds(thinking_seconds)}"
+        else f"Thought for {format_seconds(thinking_seconds)}"
     if truncated:
         reason = {"cancelled": "stopped while thinking",
                   "length": "cut off: out of tokens",

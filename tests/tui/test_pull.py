@@ -15,7 +15,7 @@ from localr1.tui.screens.models import ModelsScreen
 from localr1.tui.screens.welcome import WelcomeScreen
 from localr1.tui.widgets.pull_panel import PullPanel
 from tests.hub_server import file_sha256, hub_for_tests
-from tests.tui.conftest import SIZE, send, wait_for
+from tests.tui.conftest import SIZE, send, start_pull_in_models_screen, wait_for
 
 R1_REPO = "bartowski/DeepSeek-R1-Distill-Qwen-1.5B-GGUF"
 R1_FILE = "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
@@ -135,15 +135,7 @@ async def test_a_failed_pull_is_one_line_and_the_app_stays_usable(make_app, hub,
     hub.corrupt_paths.add(R7_FILE)
     app = make_app(engine=prefill_engine)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+l")
-        screen = app.screen
-        available = screen.available_table
-        await wait_for(pilot, lambda: available.row_count > 10, what="the list")
-        names = [str(available.get_cell_at((i, 1))) for i in range(available.row_count)]
-        available.focus()
-        available.move_cursor(row=names.index("r1:7b-q4_k_m"))
-        await pilot.press("p")
-        panel = screen.query_one(PullPanel)
+        panel = await start_pull_in_models_screen(pilot, "r1:7b-q4_k_m")
         await wait_for(pilot, lambda: "checksum mismatch" in _text(panel, "#pull-state"),
                        what="the checksum error")
         assert "\n" not in _text(panel, "#pull-state").strip()

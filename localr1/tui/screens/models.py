@@ -2,17 +2,16 @@
 chat, set the default, remove one. The catalog's models not installed here, with their fit and
 the quant recommended for this machine: pull one with a live progress bar (cancel, resume).
 
-Listing reads GGUF headers (slow for big files) and the fit estimate probes memory, so a worker
-does it and posts `ModelDetails`; the screen stays responsive meanwhile. The app installs this
-screen once, so a download goes on while you chat and the screen shows it when you come back.
+The rows are `localr1.models.listing`'s, the ones `localr1 list` prints. Listing reads GGUF
+headers (slow for big files) and the fit estimate probes memory, so a worker does it and posts
+`ModelDetails`; the screen stays responsive meanwhile. The app installs this screen once, so a
+download goes on while you chat and the screen shows it when you come back.
 Removal goes through `library.remove_model`: our own copies are deleted, imported files are
 only forgotten.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
@@ -24,57 +23,14 @@ from textual.widgets import DataTable, Footer, Static
 
 from localr1.errors import LocalR1Error
 from localr1.models import library
+from localr1.models.fit import MachineMemory
+from localr1.models.listing import CatalogRow, InstalledRow
 from localr1.models.registry import InstalledModel
 from localr1.sizes import format_bytes
 from localr1.tui.formatting import literal
 from localr1.tui.messages import ModelDetails
 from localr1.tui.screens.dialogs import ConfirmScreen
 from localr1.tui.widgets.pull_panel import PullPanel
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    model: InstalledModel
-    fit: str
-
-
-@dataclass(frozen=True)
-class CatalogRow:
-    name: str
-    title: str
-    size_bytes: int
-    fit: str
-    recommended: bool
-
-
-def _fit_label(model: InstalledModel) -> str:
-    try:
-        from localr1.models.fit import (
-            assess,
-            default_context_size,
-            machine_memory,
-            shape_from_summary,
-        )
-
-        if library.is_missing(model):
-            return "file missing"
-        return assess(shape_from_summary(model.summary), default_context_size(),
-                      machine_memory()).label
-    except Exception:  # an estimate is a nicety; never fail the listing over it
-        return "?"
-
-
-def _ago(when: float | None) -> str:
-    if when is None:
-        return "never"
-    minutes = (time.time() - when) / 60
-    if minutes < 1:
-        return "just now"
-    if minutes < 60:
-        return f"{int(minutes)} min ago"
-    if minutes < 48 * 60:
-        return f"{int(minutes // 60)} h ago"
-    return f"{int(minutes // (24 * 60))} days ago"
 
 
 class ModelsScreen(Screen[Path | None]):
@@ -102,7 +58,7 @@ class ModelsScreen(Screen[Path | None]):
         self.models_dir = models_dir
         self.loaded = loaded
         self.default_model = default_model
-        self.rows: dict[str, ModelRow] = {}
+        self.rows: dict[str, InstalledRow] = {}
         self.catalog_rows: dict[str, CatalogRow] = {}
 
     def compose(self) -> ComposeResult:
@@ -147,13 +103,18 @@ class ModelsScreen(Screen[Path | None]):
 
     @work(thread=True, exclusive=True, group="model-list", exit_on_error=False)
     def _list_models(self) -> None:
+        from localr1.models import fit
+        from localr1.models.listing import installed_rows
+
         try:
-            models = library.list_models(self.models_dir)
-        except (LocalR1Error, OSError) as exc:
+            machine = fit.machine_memory()  # probed once for every fit label
+            installed = installed_rows(self.models_dir, machine)
+        except Exception as exc:  # a broken registry or memory probe; the screen stays usable
             self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
-            models = []
-        installed = [ModelRow(m, _fit_label(m)) for m in models]
-        self.post_message(ModelDetails(installed, _catalog_rows(models)))
+            self.post_message(ModelDetails([], []))
+            return
+        catalog = _not_installed(self.models_dir, machine, [row.model for row in installed])
+        self.post_message(ModelDetails(installed, catalog))
 
     def on_model_details(self, message: ModelDetails) -> None:
         table = self.installed_table
@@ -162,10 +123,9 @@ class ModelsScreen(Screen[Path | None]):
         table.clear()
         self.rows = {str(row.model.path): row for row in message.rows}
         for key, row in self.rows.items():
-            model = row.model
-            table.add_row(literal(model.name), format_bytes(model.size_bytes),
-                          literal(model.summary.quant or "?"), row.fit, _ago(model.last_used),
-                          self._state(model), key=key)
+            table.add_row(literal(row.name), format_bytes(row.model.size_bytes),
+                          literal(row.quant), row.fit_label, row.last_used,
+                          self._state(row.model), key=key)
         table.move_cursor(row=min(keep, max(0, table.row_count - 1)))
         self.query_one("#installed-title", Static).update(
             "Installed" if self.rows else
@@ -173,10 +133,14 @@ class ModelsScreen(Screen[Path | None]):
         available = self.available_table
         keep = available.cursor_row
         available.clear()
-        self.catalog_rows = {row.name: row for row in message.catalog}
+        self.catalog_rows = {row.name: row for row in message.catalog
+                             if not isinstance(row, str)}
         for row in message.catalog:
+            if isinstance(row, str):  # the catalog could not be read: why, in the list
+                available.add_row("", "?", literal(row), "", "", key="?")
+                continue
             available.add_row("★" if row.recommended else "", row.name, row.title,
-                              format_bytes(row.size_bytes), row.fit, key=row.name)
+                              format_bytes(row.entry.size_bytes), row.fit.label, key=row.name)
         available.move_cursor(row=min(keep, max(0, available.row_count - 1)))
         if not self.rows:
             available.focus()
@@ -189,7 +153,7 @@ class ModelsScreen(Screen[Path | None]):
             marks.append("default")
         return ", ".join(marks)
 
-    def _selected(self) -> ModelRow | None:
+    def _selected(self) -> InstalledRow | None:
         return self.rows.get(_highlighted_key(self.installed_table))
 
     def _selected_catalog(self) -> CatalogRow | None:
@@ -289,23 +253,14 @@ def _highlighted_key(table: DataTable) -> str:
     return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or ""
 
 
-def _catalog_rows(installed: list[InstalledModel]) -> list[CatalogRow]:
-    """The catalog's entries that are not installed, recommended ones marked."""
-    try:
-        from localr1.models.catalog import load_catalog
-        from localr1.models.fit import (
-            assess_catalog_entry,
-            default_context_size,
-            machine_memory,
-            recommended_entries,
-        )
+def _not_installed(models_dir: Path, machine: MachineMemory,
+                   installed: list[InstalledModel]) -> list[CatalogRow | str]:
+    """The catalog's entries not installed here; or why the catalog could not be read."""
+    from localr1.models.catalog import load_catalog
+    from localr1.models.listing import catalog_rows
 
-        entries = load_catalog().entries()
-        n_ctx, machine = default_context_size(), machine_memory()
-        recommended = recommended_entries(entries, n_ctx, machine)
+    try:
+        rows = catalog_rows(load_catalog(), models_dir, machine, installed)
+        return [row for row in rows if not row.installed]
     except (LocalR1Error, OSError) as exc:
-        return [CatalogRow("?", f"catalog unreadable: {exc}", 0, "", False)]
-    have = {m.catalog_name for m in installed} | {m.name for m in installed}
-    return [CatalogRow(e.name, e.model.title, e.size_bytes,
-                       assess_catalog_entry(e, n_ctx, machine).label, e.name in recommended)
-            for e in entries if e.name not in have]
+        return [f"catalog unreadable: {exc}"]

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
 from localr1.errors import LocalR1Error
-from localr1.models.library import find_installed, import_model, installed_models, resolve_model
+from localr1.models.library import installed_models
 from localr1.sizes import format_bytes
 from localr1.tui.widgets.pull_panel import PullPanel
 
@@ -81,19 +81,20 @@ class WelcomeScreen(Screen[Path | None]):
 
     @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
     def _describe_default(self) -> None:
-        """Name, size and fit of the default model on its button."""
+        """Name, size and fit of the default model on its button (`list --available`'s row)."""
         from localr1.models.catalog import load_catalog
-        from localr1.models.fit import assess_catalog_entry, default_context_size, machine_memory
+        from localr1.models.listing import catalog_rows
 
         try:
-            entry = load_catalog().get(DEFAULT_PULL)
-            fit = assess_catalog_entry(entry, default_context_size(), machine_memory())
+            catalog = load_catalog()
+            name = catalog.get(DEFAULT_PULL).name
+            row = next(r for r in catalog_rows(catalog, self.models_dir) if r.name == name)
         except (LocalR1Error, OSError) as exc:
             self.app.call_from_thread(self._error, str(exc))
             return
         self.app.call_from_thread(self._describe_pull,
-                                  f"Download {entry.name} ({format_bytes(entry.size_bytes)})",
-                                  f"{entry.model.title}, {entry.quant.quant}: {fit.label}")
+                                  f"Download {row.name} ({format_bytes(row.entry.size_bytes)})",
+                                  f"{row.title}, {row.entry.quant.quant}: {row.fit.label}")
 
     def _describe_pull(self, label: str, facts: str) -> None:
         button = self.query_one("#pull", Button)
@@ -115,10 +116,12 @@ class WelcomeScreen(Screen[Path | None]):
     def _import(self, text: str) -> None:
         """Validate the GGUF and register it in the library (no copy), so it is listed and
         found next time; headers of big files take a moment to read, hence a worker."""
+        from localr1.models.choice import name_model, record_use
+        from localr1.models.library import resolve_model
+
         try:
             path = resolve_model(text, self.models_dir)
-            if find_installed(str(path), self.models_dir) is None:
-                import_model(path, models_dir=self.models_dir)
+            record_use(name_model(path, self.models_dir), self.models_dir, remember=True)
         except LocalR1Error as exc:
             self.app.call_from_thread(self._error, str(exc))
             return

@@ -1,10 +1,11 @@
 """A model download in place: name, size and fit label, a live progress bar, cancel / resume.
 
-The pull runs in a thread worker through `library.pull_model` (the same code as
-`localr1 pull`: Range resume, sha256, free-space check). Its progress callback fires for every
-chunk, so it only bumps counters in a `PullCounters`; a timer on the event loop reads them a few
-times a second. Cancelling sets the pull's cancel event: the `.part` file stays and pulling
-the same name again resumes it. The panel posts `PullPanel.Finished` with the model's path.
+The pull runs in a thread worker through `pull_plan.plan_pull` and `library.pull_model` (the
+same code as `localr1 pull`: its fit text, Range resume, sha256, free-space check). Its
+progress callback fires for every chunk, so it only bumps counters in a `PullCounters`; a timer
+on the event loop reads them a few times a second. Cancelling sets the pull's cancel event: the
+`.part` file stays and pulling the same name again resumes it. The panel posts
+`PullPanel.Finished` with the model's path.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from localr1.sizes import format_bytes
 if TYPE_CHECKING:
     from textual.timer import Timer
 
-    from localr1.models.hub import PullEvent
+    from localr1.models.pull_events import PullEvent
 
 REFRESH_SECONDS = 0.25
 ACTIONS = {"download": "downloading", "resume": "resuming", "verify": "verifying",
@@ -49,7 +50,7 @@ class PullCounters:
     notes: list[str] = field(default_factory=list)
 
     def __call__(self, event: PullEvent) -> None:
-        from localr1.models.hub import BytesDone, FileDone, FileStarted, Notice
+        from localr1.models.pull_events import BytesDone, FileDone, FileStarted, Notice
 
         if isinstance(event, BytesDone):
             self.file_done += event.n_bytes
@@ -165,19 +166,16 @@ class PullPanel(Vertical):
 
     @work(thread=True, exclusive=True, group="pull", exit_on_error=False)
     def _pull(self, name: str, cancel: threading.Event, counters: PullCounters) -> None:
-        from localr1.models.catalog import load_catalog
-        from localr1.models.fit import fit_text, machine_memory, plan_fit
-        from localr1.models.hub import PullInterrupted, resolve_pull
+        from localr1.models.download_errors import PullInterrupted
         from localr1.models.library import pull_model
+        from localr1.models.pull_plan import plan_pull
 
         try:
-            plan = resolve_pull(name, load_catalog())
-            counters.total_bytes = plan.size_bytes
-            parts = f", {len(plan.files)} parts" if len(plan.files) > 1 else ""
-            facts = f"{plan.repo} · {format_bytes(plan.size_bytes)}{parts}"
-            self.app.call_from_thread(self._planned, plan.name, facts,
-                                      fit_text(plan_fit(plan, machine_memory())))
-            result = pull_model(plan, self.models_dir, on_event=counters, cancel=cancel)
+            planned = plan_pull(name)
+            counters.total_bytes = planned.plan.size_bytes
+            self.app.call_from_thread(self._planned, planned.name,
+                                      f"{planned.repo} · {planned.size_text}", planned.fit_text)
+            result = pull_model(planned.plan, self.models_dir, on_event=counters, cancel=cancel)
         except PullInterrupted as exc:
             self.app.call_from_thread(self._stopped, name, str(exc), True)
         except LocalR1Error as exc:
@@ -186,7 +184,7 @@ class PullPanel(Vertical):
             self.app.call_from_thread(self._stopped, name, f"{type(exc).__name__}: {exc}",
                                       False)
         else:
-            self.app.call_from_thread(self._finished, plan.name, result.model.path,
+            self.app.call_from_thread(self._finished, planned.name, result.model.path,
                                       result.already_installed)
 
     def _planned(self, name: str, facts: str, fit: str) -> None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from textual.content import Content
 from textual.widget import Widget
 
-from localr1.tui.formatting import count, seconds
+from localr1.durations import format_seconds
+from localr1.tui.formatting import count
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class StatusLine(Widget):
             if facts.tokens_per_second:
                 parts.append(f"{facts.tokens_per_second:.1f} tok/s")
             if facts.ttft_seconds is not None:
-                parts.append(f"TTFT {seconds(facts.ttft_seconds)}")
+                parts.append(f"TTFT {format_seconds(facts.ttft_seconds)}")
         if facts.context_limit:
             used = count(facts.context_used) if facts.context_used is not None else "–"
             parts.append(f"context {used}/{count(facts.context_limit)}")

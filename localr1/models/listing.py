@@ -1,0 +1,151 @@
+"""The rows of the model lists, as data: installed models and the catalog, with fit labels and
+"last used", that `localr1 list` (and its --json) and the TUI's models screen both render.
+
+Listing reads the registry (no multi-GB header reads for registered models) and probes this
+machine's memory once for all the fit labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localr1.durations import format_age
+from localr1.models import fit
+from localr1.models.catalog import Catalog, CatalogEntry
+from localr1.models.library import is_missing, list_models
+from localr1.models.registry import InstalledModel
+
+FILE_MISSING = "file missing"
+
+
+@dataclass(frozen=True)
+class InstalledRow:
+    model: InstalledModel
+    fit: fit.Fit | None  # None: a file of the model is gone
+    last_used: str  # "never", "just now", "5 min ago"
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def fit_label(self) -> str:
+        return FILE_MISSING if self.fit is None else self.fit.label
+
+    @property
+    def quant(self) -> str:
+        return self.model.summary.quant or "?"
+
+    @property
+    def parameters(self) -> str:
+        return format_parameters(self.model.summary.parameter_count)
+
+    def to_json(self) -> dict[str, Any]:
+        model, summary = self.model, self.model.summary
+        return {"name": model.name, "path": str(model.path), "size_bytes": model.size_bytes,
+                "quant": summary.quant, "parameters": summary.parameter_count,
+                "architecture": summary.architecture, "context_length": summary.context_length,
+                "fit": self.fit_label, "needed_bytes": self.fit.needed_bytes if self.fit else None,
+                "last_used": _iso(model.last_used), "source": model.source, "repo": model.repo,
+                "sha256": model.sha256, "files": [str(f.path) for f in model.files]}
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    entry: CatalogEntry
+    fit: fit.Fit
+    also: tuple[str, ...]  # other names for it: "r1:1.5b", "r1"
+    installed: bool
+    recommended: bool  # the quant to suggest for this machine
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def title(self) -> str:
+        return self.entry.model.title
+
+    @property
+    def notes(self) -> str:
+        notes = [f"= {', '.join(self.also)}"] if self.also else []
+        notes += ["installed"] if self.installed else []
+        notes += ["recommended"] if self.recommended else []
+        return "  ".join(notes)
+
+    def to_json(self) -> dict[str, Any]:
+        entry, model = self.entry, self.entry.model
+        return {"name": entry.name, "model": model.name, "quant": entry.quant.quant,
+                "also": list(self.also), "repo": entry.repo, "files": list(entry.files),
+                "size_bytes": entry.size_bytes, "parameters": model.parameters,
+                "architecture": model.architecture, "context_length": model.context_length,
+                "license": model.license, "fit": self.fit.label,
+                "needed_bytes": self.fit.needed_bytes, "installed": self.installed,
+                "recommended": self.recommended}
+
+
+def installed_rows(models_dir: Path, machine: fit.MachineMemory | None = None,
+                   now: float | None = None) -> list[InstalledRow]:
+    """Every installed model, registered ones first, with its fit here and its last use."""
+    models = list_models(models_dir)
+    if not models:
+        return []
+    machine = machine or fit.machine_memory()
+    n_ctx = fit.default_context_size()
+    now = time.time() if now is None else now
+    return [InstalledRow(m, None if is_missing(m) else
+                         fit.assess(fit.shape_from_summary(m.summary), n_ctx, machine),
+                         last_used_text(m.last_used, now))
+            for m in models]
+
+
+def catalog_rows(catalog: Catalog, models_dir: Path, machine: fit.MachineMemory | None = None,
+                 installed: list[InstalledModel] | None = None) -> list[CatalogRow]:
+    """Every catalog entry with its fit here, its other names, and whether it is installed
+    (`installed`: the models already listed, to save listing them again)."""
+    from localr1.models.hub_resolve import local_path
+
+    machine = machine or fit.machine_memory()
+    n_ctx = fit.default_context_size()
+    entries = catalog.entries()
+    recommended = fit.recommended_entries(entries, n_ctx, machine)
+    if installed is None:
+        installed = list_models(models_dir)
+    on_disk = {m.catalog_name or m.name for m in installed}
+    aliases: dict[str, list[str]] = {}
+    for alias, target in catalog.aliases:
+        found = catalog.find(target)
+        if found:
+            aliases.setdefault(found.name, []).append(alias)
+    rows = []
+    for entry in entries:
+        here = entry.name in on_disk or \
+            local_path(models_dir, entry.repo, entry.files[0]).is_file()
+        also = ([entry.model.name] if entry.is_default_quant else []) + \
+            aliases.get(entry.name, [])
+        rows.append(CatalogRow(entry, fit.assess_catalog_entry(entry, n_ctx, machine),
+                               tuple(also), here, entry.name in recommended))
+    return rows
+
+
+def last_used_text(when: float | None, now: float | None = None) -> str:
+    if when is None:
+        return "never"
+    return format_age(max(0.0, (time.time() if now is None else now) - when))
+
+
+def format_parameters(count: int) -> str:
+    """19_500_000 -> '19.5M', 7_615_616_512 -> '7.6B'."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(when))
