@@ -37,7 +37,7 @@ async def tui_child(model: Path, max_tokens: int, threads: int, seed: int, home:
     """In the child process: one turn typed into a headless app."""
     from localr1.config import SamplingSettings, Settings
     from localr1.paths import app_paths
-    from localr1.store.database import Store
+    from localr1.store import Store
     from localr1.tui.app import LocalR1App
     from localr1.tui.prefs import TuiPrefs
 
@@ -54,7 +54,7 @@ async def tui_child(model: Path, max_tokens: int, threads: int, seed: int, home:
         await pilot.pause()
         app.chat.prompt.focus()
         await pilot.press(*PROMPT, "enter")  # typed like a user would
-        while app.chat._turn_seq == 0 or app.chat.turn is not None:
+        while app.chat.turns.started == 0 or app.chat.turn is not None:
             await asyncio.sleep(0.05)
         await pilot.pause()
         answer = store.branch(store.latest_conversation_id())[-1]

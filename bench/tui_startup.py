@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from localr1.store.database import Store  # noqa: E402
+from localr1.store import Store  # noqa: E402
 
 NEWEST_TITLE = "Newest conversation in the bench"
 CHILD = ("import sys; from localr1.tui.app import run_chat; run_chat(sys.argv[1], None)")

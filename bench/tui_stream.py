@@ -34,13 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localr1.config import Settings  # noqa: E402
-from localr1.engine.llama_engine import TurnStats  # noqa: E402
+from localr1.engine.events import TurnStats  # noqa: E402
 from localr1.paths import app_paths  # noqa: E402
-from localr1.store.database import Store  # noqa: E402
+from localr1.store import Store  # noqa: E402
 from localr1.tui.app import LocalR1App  # noqa: E402
 from localr1.tui.messages import TurnEnded  # noqa: E402
 from localr1.tui.prefs import TuiPrefs  # noqa: E402
-from localr1.tui.screens import chat as chat_module  # noqa: E402
+from localr1.tui.turn_runner import TurnRunner  # noqa: E402
 from localr1.tui.widgets.streaming_markdown import StreamingMarkdown  # noqa: E402
 
 PROSE = ("the model streams tokens while the terminal keeps up with every paragraph list and "
@@ -149,7 +149,7 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
     clock = BusyClock()
     ticks: list[Tick] = []
     delivered = 0
-    original_render = chat_module.ChatScreen._render_buffer
+    original_render = TurnRunner._render_buffer
 
     async def recording_render(self, turn):
         nonlocal delivered
@@ -161,7 +161,7 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
         ticks.append(Tick(now, delivered, busy, (now - started) * 1000))
         return drained
 
-    chat_module.ChatScreen._render_buffer = recording_render
+    TurnRunner._render_buffer = recording_render
     StreamingMarkdown.SEGMENT_CHARS = 10**12 if single else 1200
     try:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -183,7 +183,7 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
                     stalls.append((now, now - before - 0.01))
 
             prober = asyncio.get_running_loop().create_task(probe())
-            turn = chat.start_stream("send", 0, "bench", widget, None)
+            turn = chat.turns.start_stream("send", 0, "bench", widget, None)
             feed_done = threading.Event()
             feed_times: list[float] = []
 
@@ -217,7 +217,7 @@ async def run_once(tokens: list[str], rate: float, single: bool) -> RunResult:
             pieces_after = widget.answer.segments
     finally:
         clock.remove()
-        chat_module.ChatScreen._render_buffer = original_render
+        TurnRunner._render_buffer = original_render
         store.close()
     n = len(tokens)
     window = min(500, n // 4)

@@ -13,7 +13,8 @@ from textual.message import Message
 
 if TYPE_CHECKING:  # the engine loads llama.cpp's bindings: not needed to draw the first screen
     from localr1.chat_session import TurnSaved
-    from localr1.engine.llama_engine import Engine, EngineConfig, TurnStats
+    from localr1.engine.events import TurnStats
+    from localr1.engine.llama_engine import Engine, EngineConfig
 
 
 @dataclass
@@ -55,12 +56,12 @@ class TurnFailed(Message):
 @dataclass
 class SearchResults(Message):
     query: str
-    hits: list  # list[localr1.store.database.SearchHit]
+    hits: list  # list[localr1.store.SearchHit]
 
 
 @dataclass
 class ModelDetails(Message):
     """The installed models, listed in a worker (headers of big GGUFs are slow to read)."""
 
-    rows: list  # list[localr1.tui.screens.models.ModelRow]
-    catalog: list  # list[localr1.tui.screens.models.CatalogRow]: not installed here
+    rows: list  # list[localr1.models.listing.InstalledRow]
+    catalog: list  # list[localr1.models.listing.CatalogRow]: not installed here; or a str why not

@@ -11,7 +11,7 @@ import pytest
 from localr1.config import Settings
 from localr1.engine.llama_engine import Engine, EngineConfig
 from localr1.paths import app_paths
-from localr1.store.database import Store
+from localr1.store import Store
 from localr1.tui.app import LocalR1App
 from localr1.tui.prefs import TuiPrefs
 
@@ -62,13 +62,13 @@ async def wait_ready(pilot) -> None:
 async def wait_turn(pilot, after: int) -> None:
     """Until turn number `after + 1` (or a later one) has started, ended and rendered."""
     chat = pilot.app.chat
-    await wait_for(pilot, lambda: chat._turn_seq > after and chat.turn is None,
+    await wait_for(pilot, lambda: chat.turns.started > after and chat.turn is None,
                    what="the turn to end")
     await pilot.pause()
 
 
 async def press_and_wait_turn(pilot, *keys: str) -> None:
-    seq = pilot.app.chat._turn_seq
+    seq = pilot.app.chat.turns.started
     await pilot.press(*keys)
     await wait_turn(pilot, seq)
 
@@ -90,3 +90,18 @@ def markdown_text(widget) -> str:
         if content is not None:
             parts.append(content.plain)
     return "\n".join(parts)
+
+
+async def start_pull_in_models_screen(pilot, name: str):
+    """Ctrl+L, pick catalog entry `name` in the available list, press p; the pull panel."""
+    from localr1.tui.widgets.pull_panel import PullPanel
+
+    await pilot.press("ctrl+l")
+    screen = pilot.app.screen
+    available = screen.available_table
+    await wait_for(pilot, lambda: available.row_count > 10, what="the list")
+    names = [str(available.get_cell_at((i, 1))) for i in range(available.row_count)]
+    available.focus()
+    available.move_cursor(row=names.index(name))
+    await pilot.press("p")
+    return screen.query_one(PullPanel)

@@ -14,7 +14,7 @@ async def test_send_shows_reasoning_collapsed_answer_rendered_and_saved(make_app
         chat = app.chat
         chat.prompt.focus()
         await pilot.press(*"hello", "enter")
-        await wait_for(pilot, lambda: chat._turn_seq == 1 and chat.turn is None, what="turn")
+        await wait_for(pilot, lambda: chat.turns.started == 1 and chat.turn is None, what="turn")
         await pilot.pause()
 
         assert chat.prompt.text == ""  # sent, so cleared
@@ -54,7 +54,7 @@ async def test_send_shows_reasoning_collapsed_answer_rendered_and_saved(make_app
         # Multi-line prompts: ctrl+j and shift+enter add lines, nothing is sent.
         chat.prompt.focus()
         await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
-        assert chat.prompt.text == "a\nb\nc" and chat._turn_seq == 1
+        assert chat.prompt.text == "a\nb\nc" and chat.turns.started == 1
 
 
 async def test_keep_reasoning_open_setting(make_app, prefill_engine):
@@ -75,8 +75,10 @@ async def test_stop_keeps_the_partial_answer_marked_stopped(make_app, store, r1_
         chat = app.chat
         chat.prompt.text = "think forever"
         await pilot.press("enter")
+        # What is shown is saved at the stop: wait for all the words checked below.
         await wait_for(pilot, lambda: chat.turn is not None
-                       and "Hmm" in chat.turn.widget.reasoning_text, what="reasoning")
+                       and "Hmm, let me think" in chat.turn.widget.reasoning_text,
+                       what="reasoning")
         widget = chat.turn.widget
         assert widget.reasoning is not None and not widget.reasoning.collapsed
         assert widget.reasoning.title.startswith("Thinking…")

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import Input, OptionList
 
 from localr1.paths import app_paths
-from localr1.store.database import Store
+from localr1.store import Store
 from localr1.tui.prefs import TuiPrefs
 from localr1.tui.screens.models import ModelsScreen
 from localr1.tui.screens.settings import SettingsScreen
@@ -87,9 +87,9 @@ async def test_welcome_flow_when_no_model(make_app, tmp_path, r1_prefill_model):
 
 def _choose_model_path():
     from localr1.config import Settings
-    from localr1.tui.app import _choose_model
+    from localr1.models.choice import choose_model
 
-    return _choose_model(None, None, Settings(), app_paths())
+    return choose_model(None, Settings(), app_paths(), lenient=True).path
 
 
 async def test_welcome_rescan_finds_a_pulled_model(make_app, r1_prefill_model):
@@ -256,7 +256,7 @@ async def test_a_conversation_with_another_context_size_reloads_then_sends(make_
         chat.conv_settings = replace(chat.conv_settings, context_size=1024)
         chat.prompt.text = "hello after a reload"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: chat._turn_seq == 1 and chat.turn is None,
+        await wait_for(pilot, lambda: chat.turns.started == 1 and chat.turn is None,
                        what="the reload and the turn")
         assert app.engine.info.n_ctx == 1024
         assert chat._last_answer().finish_reason == "stop"

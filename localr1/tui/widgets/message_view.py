@@ -17,12 +17,13 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Collapsible, Static
 
-from localr1.store.database import Message
-from localr1.tui.formatting import literal, seconds, thinking_label, thought_label
+from localr1.durations import format_seconds
+from localr1.store import Message
+from localr1.tui.formatting import literal, thinking_label, thought_label
 from localr1.tui.widgets.streaming_markdown import StreamingMarkdown
 
 if TYPE_CHECKING:
-    from localr1.engine.llama_engine import TurnStats
+    from localr1.engine.events import TurnStats
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ class AssistantMessage(Vertical):
                 parts.append(f"{tokens} tokens" + (f" · {rate:.1f} tok/s" if rate else ""))
             if self._stats is not None and self._stats.thinking_seconds is None \
                     and self._stats.ttft_seconds:
-                parts.append(f"first token {seconds(self._stats.ttft_seconds)}")
+                parts.append(f"first token {format_seconds(self._stats.ttft_seconds)}")
         text = "  ·  ".join(parts)
         if text == self._footer_text and self.footer.is_mounted:
             return  # an update is a layout pass; the footer rarely changes while streaming

@@ -20,7 +20,7 @@ from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option
 
 from localr1.errors import LocalR1Error
-from localr1.store.database import Conversation, SearchHit, Store
+from localr1.store import Conversation, SearchHit, Store
 from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import day_group, literal, one_line
 from localr1.tui.messages import SearchResults
