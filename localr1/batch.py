@@ -18,19 +18,24 @@ from pathlib import Path
 from typing import IO, Any
 
 from localr1.chat_message import ChatMessage
-from localr1.engine.llama_engine import (
+from localr1.config import checked_setting
+from localr1.engine.events import (
     AnswerDelta,
-    Engine,
+    Event,
     GenerationParams,
     ReasoningDelta,
     TurnDone,
 )
-from localr1.engine.prompting import fit_to_context, reply_reserve
+from localr1.engine.llama_engine import Engine
 from localr1.errors import ContextOverflowError, LocalR1Error
 
 
 class BatchInputError(LocalR1Error):
     """Input that stops the whole batch before it starts (duplicate ids, unreadable file)."""
+
+
+class BatchOutputError(LocalR1Error):
+    """The output cannot be written (a full disk, a closed pipe): the batch stops."""
 
 
 _PARAM_NAMES = {f.name for f in fields(GenerationParams)}
@@ -113,6 +118,10 @@ def _json_item(number: int, text: str, template: str | None) -> BatchItem:
         unknown = sorted(set(params) - _PARAM_NAMES) if isinstance(params, dict) else []
         return bad(f"params must be an object of {', '.join(sorted(_PARAM_NAMES))}"
                    + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    try:
+        params = checked_params(params)
+    except ValueError as exc:
+        return bad(str(exc))
     if "messages" in data:
         messages = data["messages"]
         if not (isinstance(messages, list) and messages and all(
@@ -128,6 +137,21 @@ def _json_item(number: int, text: str, template: str | None) -> BatchItem:
     else:
         return bad('no prompt: give "prompt" (a non-empty string) or "messages"')
     return BatchItem(id=item_id, line=number, messages=chat, system=system, params=params)
+
+
+def checked_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A record's params, each checked like the same setting in config.toml and on the
+    command line (type and range: NaN, inf and negative counts are refused); ValueError."""
+    checked = {}
+    for key, value in params.items():
+        if key == "seed" and value is None:  # null: a random seed, as without params
+            checked[key] = None
+            continue
+        try:
+            checked[key] = checked_setting(key, value)
+        except ValueError as exc:
+            raise ValueError(f"params.{key} {exc}") from None
+    return checked
 
 
 def _apply_template(template: str | None, text: str, item_id: Any) -> str:
@@ -157,8 +181,11 @@ def id_key(item_id: Any) -> str:
 
 
 def answered_ids(path: Path) -> set[str]:
-    """Ids with a successful record in an earlier run's output (for resuming)."""
-    if not path.exists():
+    """Ids with a successful record in an earlier run's output (for resuming).
+
+    Only a regular file is read back: /dev/stdout, a pipe or /dev/full have no earlier run
+    to resume (and reading them would block or never end)."""
+    if not path.is_file():
         return set()
     done = set()
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -172,13 +199,17 @@ def answered_ids(path: Path) -> set[str]:
 
 
 def open_output_for_append(path: Path) -> IO[str]:
-    """Open for appending, first cutting off a last line that a kill left unfinished."""
-    if path.exists():
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    return open(path, "a", encoding="utf-8")
+    """Open for appending, first cutting off a last line that a kill left unfinished (in a
+    regular file only: anything else is written to as it is)."""
+    try:
+        if path.is_file():
+            with open(path, "rb+") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise BatchOutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def error_record(item: BatchItem, model: str, message: str) -> dict[str, Any]:
@@ -209,8 +240,11 @@ def record_seed(seed: int, item_id: Any) -> int:
 def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
               write: Callable[[dict[str, Any], BatchItem], None],
               progress: Callable[[BatchSummary, int], None] | None = None,
-              cancel: threading.Event | None = None) -> BatchSummary:
-    """Answer `items`, calling `write(record, item)` as each completes (in completion order)."""
+              cancel: threading.Event | None = None,
+              save: Callable[[BatchItem, list[Event]], None] | None = None) -> BatchSummary:
+    """Answer `items`, calling `write(record, item)` as each completes (in completion order)
+    and, before that, `save(item, events)` for each answered one (the answer as engine events,
+    for `ChatSession.save_answered`)."""
     from localr1.engine.parallel_decoder import ParallelDecoder
 
     summary = BatchSummary()
@@ -250,6 +284,8 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
             if stats.finish_reason == "cancelled":
                 return  # not written: a rerun answers it
             record = _record(item, options.model_label, texts, stats)
+            if save is not None and record["error"] is None:
+                save(item, _answer_events(texts, event))
             write(record, item)
             summary.completion_tokens += stats.completion_tokens
             if record["error"]:
@@ -265,23 +301,23 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     return summary
 
 
+def _answer_events(texts: dict[str, str], done: TurnDone) -> list[Event]:
+    reasoning = [ReasoningDelta(texts["reasoning"])] if texts["reasoning"] else []
+    return [*reasoning, AnswerDelta(texts["answer"]), done]
+
+
 def _request(engine: Engine, item: BatchItem, options: BatchOptions):
     from localr1.engine.parallel_decoder import SequenceRequest
 
     params = replace(options.params, **item.params) if item.params else options.params
     n_ctx = options.n_ctx_per_sequence
     system = item.system if item.system is not None else options.system
-    fitted = fit_to_context(list(item.messages), system, engine.chat_format.is_r1,
-                            engine.count_prompt_tokens, n_ctx,
-                            reply_reserve(n_ctx, params.max_tokens))
-    if fitted.dropped_messages:
+    prompt = engine.prepare_prompt(item.messages, params, system_prompt=system, n_ctx=n_ctx)
+    if prompt.dropped_messages:  # a record is answered whole or not at all
         raise ContextOverflowError(f"the messages need more than the {n_ctx}-token context; "
                                    "raise --ctx")
-    text = engine.render_prompt(fitted.messages)
     seed = record_seed(options.seed, item.id) if options.seed is not None else None
-    return SequenceRequest(key=id_key(item.id), prompt_tokens=engine.tokenize_prompt(text),
-                           params=params, start_in_reasoning=text.rstrip().endswith("<think>"),
-                           seed=seed)
+    return SequenceRequest(key=id_key(item.id), prompt=prompt, params=params, seed=seed)
 
 
 def _record(item: BatchItem, model: str, texts: dict[str, str], stats) -> dict[str, Any]:
@@ -307,14 +343,28 @@ def _record(item: BatchItem, model: str, texts: dict[str, str], stats) -> dict[s
     }
 
 
+# A longer line is refused rather than read without end (an endless device like /dev/zero).
+MAX_LINE_CHARS = 64 << 20
+
+
 def iter_input_lines(path: Path | None, stdin: IO[str]) -> Iterator[str]:
     if path is None:
-        yield from stdin
+        yield from _bounded_lines(stdin, "stdin")
         return
     try:
         with open(path, encoding="utf-8") as f:
-            yield from f
+            yield from _bounded_lines(f, str(path))
     except OSError as exc:
         raise BatchInputError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise BatchInputError(f"{path}: not UTF-8 text") from None
+
+
+def _bounded_lines(stream: IO[str], name: str) -> Iterator[str]:
+    number = 0
+    while line := stream.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise BatchInputError(f"{name}: line {number} is longer than "
+                                  f"{MAX_LINE_CHARS >> 20} MiB")
+        yield line

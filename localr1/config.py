@@ -7,6 +7,7 @@ value) becomes a ConfigError whose message is `file:line:column: what is wrong`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -128,9 +129,7 @@ def _settings_from_mapping(data: dict[str, Any], path: Path, text: str) -> Setti
         raise fail("sampling", None, "'sampling' must be a table ([sampling])")
     top = _typed_values(Settings, data, None, fail)
     sampling = _typed_values(SamplingSettings, sampling_data, "sampling", fail)
-    settings = replace(Settings(**top), sampling=SamplingSettings(**sampling))
-    _check_ranges(settings, fail)
-    return settings
+    return replace(Settings(**top), sampling=SamplingSettings(**sampling))
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -149,6 +148,43 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
 }
 
+# llama.cpp takes these as 32-bit integers: bigger values would overflow in ctypes.
+_INT32_MAX = 2**31 - 1
+
+# NaN fails every comparison, so each float check below rejects it; inf is caught by the bounds.
+_RANGES: dict[str, tuple[Any, str]] = {
+    "context_size": (lambda v: 64 <= v <= _INT32_MAX, f"must be 64 to {_INT32_MAX}"),
+    "max_tokens": (lambda v: 0 <= v <= _INT32_MAX, "must be 0 (no limit) or more"),
+    "threads": (lambda v: 0 <= v <= 4096, "must be 0 (auto) to 4096"),
+    "reasoning_budget": (lambda v: -1 <= v <= _INT32_MAX, "must be -1 or more"),
+    "gpu_layers": (lambda v: v == "auto" or (isinstance(v, int) and -1 <= v <= _INT32_MAX),
+                   "must be \"auto\", -1 (all layers), 0 (CPU only) or a layer count"),
+    "temperature": (lambda v: 0.0 <= v <= 5.0, "must be between 0 and 5"),
+    "top_p": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+    "top_k": (lambda v: 0 <= v <= _INT32_MAX, "must be 0 (off) or more"),
+    "min_p": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "repeat_penalty": (lambda v: 0.0 < v < math.inf, "must be positive and finite"),
+    "seed": (lambda v: 0 <= v <= 2**32 - 1, "must be 0 to 4294967295"),
+}
+
+
+def checked_setting(key: str, value: Any) -> Any:
+    """`value` as the setting `key` (an int widened to float where a float is expected).
+
+    Raises ValueError saying what is wrong (type or range). The one check behind config.toml,
+    the command line's options and batch params.
+    """
+    expected = _TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        names = " or ".join(t.__name__ for t in expected)
+        raise ValueError(f"must be {names}, not {type(value).__name__}")
+    if float in expected:
+        value = float(value)
+    test, problem = _RANGES.get(key, (lambda _: True, ""))
+    if not test(value):
+        raise ValueError(problem)
+    return value
+
 
 def _typed_values(cls: type, data: dict[str, Any], section: str | None, fail) -> dict[str, Any]:
     known = {f.name for f in fields(cls)} - {"sampling"}
@@ -158,36 +194,11 @@ def _typed_values(cls: type, data: dict[str, Any], section: str | None, fail) ->
             where = f"[{section}]" if section else "the top level"
             raise fail(key, section, f"unknown setting '{key}' in {where}; "
                        f"known: {', '.join(sorted(known))}")
-        expected = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, expected):
-            names = " or ".join(t.__name__ for t in expected)
-            raise fail(key, section, f"'{key}' must be {names}, not {type(value).__name__}")
-        values[key] = float(value) if float in expected else value
+        try:
+            values[key] = checked_setting(key, value)
+        except ValueError as exc:
+            raise fail(key, section, f"'{key}' {exc}") from None
     return values
-
-
-def _check_ranges(settings: Settings, fail) -> None:
-    s = settings.sampling
-    checks = [
-        ("context_size", None, settings.context_size >= 64, "must be at least 64"),
-        ("max_tokens", None, settings.max_tokens >= 0, "must be 0 (no limit) or more"),
-        ("threads", None, settings.threads >= 0, "must be 0 (auto) or more"),
-        ("reasoning_budget", None, settings.reasoning_budget >= -1, "must be -1 or more"),
-        ("gpu_layers", None, _valid_gpu_layers(settings.gpu_layers),
-         "must be \"auto\", -1 (all layers), 0 (CPU only) or a layer count"),
-        ("temperature", "sampling", 0.0 <= s.temperature <= 5.0, "must be between 0 and 5"),
-        ("top_p", "sampling", 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
-        ("top_k", "sampling", s.top_k >= 0, "must be 0 (off) or more"),
-        ("min_p", "sampling", 0.0 <= s.min_p < 1.0, "must be in [0, 1)"),
-        ("repeat_penalty", "sampling", s.repeat_penalty > 0, "must be positive"),
-    ]
-    for key, section, ok, problem in checks:
-        if not ok:
-            raise fail(key, section, f"'{key}' {problem}")
-
-
-def _valid_gpu_layers(value: int | str) -> bool:
-    return value == "auto" or (isinstance(value, int) and value >= -1)
 
 
 def parse_gpu_layers(text: str) -> int | str:
@@ -195,10 +206,7 @@ def parse_gpu_layers(text: str) -> int | str:
     text = text.strip().lower()
     if text in ("auto", "all"):
         return -1 if text == "all" else "auto"
-    value = int(text)
-    if value < -1:
-        raise ValueError(text)
-    return value
+    return checked_setting("gpu_layers", int(text))
 
 
 def _locate_key(text: str, key: str, section: str | None) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from localr1.paths import app_paths
-from localr1.store.database import Store
+from localr1.store import Store
 from tests.fixtures import scripted_models as sm
 from tests.fixtures.scripted_models import build_scripted_model
 

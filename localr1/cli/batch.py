@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import threading
@@ -9,6 +11,9 @@ import time
 from pathlib import Path
 
 import click
+
+from localr1.cli.params import setting_check
+from localr1.terminal_text import safe_echo, safe_write
 
 
 @click.command()
@@ -25,15 +30,20 @@ import click
 @click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]),
               default="auto", show_default=True, help="How to read INPUT.")
 @click.option("-s", "--system", help="System prompt for records that have none.")
-@click.option("--seed", type=int, help="Makes every record reproducible, whatever --parallel.")
+@click.option("--seed", type=int, callback=setting_check("seed"),
+              help="Makes every record reproducible, whatever --parallel.")
 @click.option("--save", is_flag=True, help="Also save each record as a conversation.")
-@click.option("--max-tokens", type=click.IntRange(min=0), help="Per record (0 = no limit).")
-@click.option("--temperature", type=click.FloatRange(0, 5))
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True))
-@click.option("--ctx", type=click.IntRange(min=64), help="Context per record, in tokens.")
-@click.option("--threads", type=click.IntRange(min=1))
+@click.option("--max-tokens", type=click.IntRange(min=0), callback=setting_check("max_tokens"),
+              help="Per record (0 = no limit).")
+@click.option("--temperature", type=click.FloatRange(0, 5), callback=setting_check("temperature"))
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True),
+              callback=setting_check("top_p"))
+@click.option("--ctx", type=click.IntRange(min=64), callback=setting_check("context_size"),
+              help="Context per record, in tokens.")
+@click.option("--threads", type=click.IntRange(min=1), callback=setting_check("threads"))
 @click.option("--gpu-layers", help="auto, all, 0 (CPU) or a count.")
-@click.option("--reasoning-budget", type=click.IntRange(min=-1))
+@click.option("--reasoning-budget", type=click.IntRange(min=-1),
+              callback=setting_check("reasoning_budget"))
 @click.option("--chat-format", help="Prompt format for GGUFs without a usable template.")
 def batch(input_path: Path | None, output: Path | None, model: str | None, parallel: int,
           template_path: Path | None, input_format: str, system: str | None, seed: int | None,
@@ -52,6 +62,7 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     """
     from localr1.batch import (
         BatchOptions,
+        BatchOutputError,
         answered_ids,
         id_key,
         iter_input_lines,
@@ -59,25 +70,27 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
         read_items,
         run_batch,
     )
-    from localr1.cli.main import gpu_layers_option_value
+    from localr1.cli.main import gpu_layers_option_value, no_model_message
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
+    from localr1.models.choice import choose_model, record_use
     from localr1.models.hardware import default_threads
-    from localr1.models.library import resolve_model
     from localr1.paths import app_paths
 
     paths = app_paths()
     settings = load_settings(paths.config_file)
-    template = template_path.read_text(encoding="utf-8") if template_path else None
+    template = _read_template(template_path) if template_path else None
     if template is not None and "{input}" not in template:
         raise click.UsageError(f"{template_path} has no {{input}} placeholder")
-    if input_path is None and sys.stdin.isatty():
+    if input_path is None and (sys.stdin is None or sys.stdin.isatty()):
         raise click.UsageError("no input: give INPUT or pipe prompts on stdin")
     source = None if input_path in (None, Path("-")) else input_path
     kind = input_format
     if kind == "auto" and source is not None:
         kind = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}.get(source.suffix, "auto")
-    items = read_items(iter_input_lines(source, sys.stdin), kind=kind, template=template)
+    stdin = None if source is not None else \
+        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+    items = read_items(iter_input_lines(source, stdin), kind=kind, template=template)
     skipped = 0
     if output is not None:
         done = answered_ids(output)
@@ -85,14 +98,12 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
         items = [i for i in items if i.id is None or id_key(i.id) not in done]
         skipped = before - len(items)
 
-    reference = model or settings.default_model
-    if not reference:
-        raise click.UsageError("no model: pass --model NAME|PATH or set default_model in "
-                               f"{paths.config_file}")
-    model_path = resolve_model(reference, paths.models_dir)
+    chosen = choose_model(model, settings, paths)
+    if chosen is None:
+        raise click.UsageError(no_model_message(paths))
     n_ctx = ctx or settings.context_size
     engine = Engine.load(EngineConfig.from_settings(
-        model_path, settings, context_size=min(n_ctx, 2048),
+        chosen.path, settings, context_size=min(n_ctx, 2048),
         gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
         chat_format=chat_format))
     if engine.info.n_ctx_train:
@@ -100,24 +111,27 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     params = GenerationParams.from_settings(settings, max_tokens=max_tokens,
                                             temperature=temperature, top_p=top_p,
                                             reasoning_budget=reasoning_budget)
-    options = BatchOptions(model_label=reference, params=params, parallel=parallel,
+    chosen = record_use(chosen, paths.models_dir, remember=save)
+    options = BatchOptions(model_label=chosen.name, params=params, parallel=parallel,
                            n_ctx_per_sequence=n_ctx,
                            threads=threads or settings.threads or default_threads(),
                            system=system, seed=seed)
     out = open_output_for_append(output) if output else sys.stdout
-    saver = _Saver(paths, reference) if save else None
+    saver = _Saver(paths, engine, chosen.name, system) if save else None
 
-    def write(record, item) -> None:
-        if saver and record["error"] is None:
-            saver.save(item, record)
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        out.flush()
+    def write(record, _item) -> None:
+        try:
+            safe_write(out, json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise BatchOutputError(f"{output or 'stdout'}: cannot write: "
+                                   f"{exc.strerror or exc}") from None
 
     progress = _Progress() if sys.stderr.isatty() else None
     cancel = threading.Event()
     try:
         with engine:
-            summary = run_batch(engine, items, options, write, progress, cancel)
+            summary = run_batch(engine, items, options, write, progress, cancel,
+                                save=saver.save if saver else None)
     except KeyboardInterrupt:
         cancel.set()
         raise
@@ -125,11 +139,35 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
         if progress:
             progress.clear()
         if output:
-            out.close()
+            _close_quietly(out)
     summary.skipped = skipped
-    click.echo(summary.line(), err=True)
+    safe_echo(summary.line(), err=True)
     if summary.failed:
         sys.exit(1)
+
+
+_TEMPLATE_LIMIT = 1 << 20
+
+
+def _read_template(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(_TEMPLATE_LIMIT + 1)  # bounded: /dev/zero is a "file" too
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror or exc}",
+                                 param_hint="--template") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text", param_hint="--template") from None
+    if len(text) > _TEMPLATE_LIMIT:
+        raise click.BadParameter(f"{path}: larger than 1 MiB", param_hint="--template")
+    return text
+
+
+def _close_quietly(out) -> None:
+    # After a failed write the buffer still holds the record; closing would fail the same way
+    # and hide the first error.
+    with contextlib.suppress(OSError):
+        out.close()
 
 
 class _Progress:
@@ -158,30 +196,21 @@ class _Progress:
 
 
 class _Saver:
-    """--save: each answered record becomes a conversation tagged with this batch's id."""
+    """--save: each answered record becomes a conversation tagged with this batch's id, written
+    by the same chat-turn code as `run` and the TUI."""
 
-    def __init__(self, paths, model_label: str) -> None:
+    def __init__(self, paths, engine, model_label: str, system: str | None) -> None:
         import uuid
 
-        from localr1.store.database import Store
+        from localr1.chat_session import ChatSession
+        from localr1.store import Store
 
-        self.store = Store.open(paths.db_path)
-        self.model = model_label
+        self.session = ChatSession(Store.open(paths.db_path), engine, model_label)
+        self.system = system
         self.batch_id = f"batch-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
-    def save(self, item, record) -> None:
-        conversation = self.store.create_conversation(
-            model=self.model, system_prompt=item.system,
-            params={"batch_id": self.batch_id, "record_id": item.id})
-        for message in item.messages:
-            self.store.add_message(conversation.id, message.role, message.content,
-                                   batch_id=self.batch_id)
-        usage, timings = record["usage"], record["timings"]
-        self.store.add_message(
-            conversation.id, "assistant", record["answer"], model=self.model,
-            reasoning=record["reasoning"] or None, batch_id=self.batch_id,
-            finish_reason=record["finish_reason"], prompt_tokens=usage["prompt_tokens"],
-            completion_tokens=usage["completion_tokens"],
-            reasoning_tokens=usage["reasoning_tokens"], ttft_ms=timings["ttft_ms"],
-            tokens_per_second=timings["tokens_per_second"])
-
+    def save(self, item, events) -> None:
+        self.session.save_answered(
+            item.messages, events, batch_id=self.batch_id,
+            system_prompt=item.system if item.system is not None else self.system,
+            metadata={"batch_id": self.batch_id, "record_id": item.id})

@@ -5,12 +5,23 @@ Imports stay lazy (inside commands) so `localr1 --help` loads neither llama_cpp 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from localr1 import __version__
+from localr1.cli.conversation_id import CONVERSATION_ID
+from localr1.cli.params import setting_check
 from localr1.errors import LocalR1Error
+from localr1.terminal_text import safe_echo
+
+
+class _OneLineError(click.ClickException):
+    """One of our errors: "Error: ..." on one line, exit 1, through the terminal-safe path."""
+
+    def show(self, file=None) -> None:
+        safe_echo(f"Error: {self.format_message()}", err=True)
 
 
 class _Group(click.Group):
@@ -20,7 +31,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except LocalR1Error as exc:
-            raise click.ClickException(str(exc)) from None
+            raise _OneLineError(str(exc)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,7 +45,7 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("conversation_id", type=int, required=False)
+@click.argument("conversation_id", type=CONVERSATION_ID, required=False)
 @click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
 def chat(conversation_id: int | None, model: str | None) -> None:
     """Chat in the terminal UI (optionally reopening CONVERSATION_ID)."""
@@ -44,11 +55,58 @@ def chat(conversation_id: int | None, model: str | None) -> None:
 
 
 def main() -> None:
+    """The console script: every way out is an exit code and at most one line of error."""
+    code = _exit_code()
     try:
-        cli(prog_name="localr1")
-    except KeyboardInterrupt:
-        click.echo("\nlocalr1: interrupted", err=True)
-        sys.exit(130)
+        sys.stdout.flush()  # after an error, output may still wait for a stdout that is full
+    except (OSError, ValueError):
+        _silence_stdout()
+    sys.exit(code)
+
+
+def _exit_code() -> int:
+    try:
+        result = cli.main(prog_name="localr1", standalone_mode=False)
+        sys.stdout.flush()  # a full disk or closed pipe shows here, not at interpreter exit
+        return result if isinstance(result, int) else 0
+    except _OneLineError as exc:
+        exc.show()
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors included: one line, not click's three
+        message = " ".join(exc.format_message().split("\n"))
+        ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        safe_echo(f"Error: {message}{hint}", err=True)
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt):
+            safe_echo("localr1: interrupted", err=True)
+            return 130
+        safe_echo("localr1: cancelled", err=True)  # a confirmation declined, or stdin closed
+        return 1
+    except OSError as exc:  # writing our own output failed: /dev/full, a closed terminal
+        _silence_stdout()
+        where = f"{exc.filename}: " if exc.filename else ""
+        safe_echo(f"localr1: {where}{exc.strerror or exc}", err=True)
+        return 1
+    except Exception as exc:
+        if os.environ.get("LOCALR1_DEBUG", "") not in ("", "0"):
+            raise
+        safe_echo(f"localr1: internal error: {type(exc).__name__}: {exc} (LOCALR1_DEBUG=1 "
+                  "shows the traceback)", err=True)
+        return 1
+
+
+def _silence_stdout() -> None:
+    # Whatever is still buffered for a stdout that cannot take it goes to /dev/null, so the
+    # interpreter's last flush has nothing to complain about.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 # ---- run -----------------------------------------------------------------------------------
@@ -75,17 +133,26 @@ def _gpu_layers(_ctx, _param, value: str | None):
 @click.argument("prompt", nargs=-1)
 @click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
 @click.option("-s", "--system", help="System prompt (folded into the first user turn for R1).")
-@click.option("--max-tokens", type=click.IntRange(min=0), help="Most tokens to generate, "
-              "reasoning included (0 = until the context is full).")
-@click.option("--temperature", type=click.FloatRange(0, 5), help="Default 0.6 (DeepSeek's).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Default 0.95.")
-@click.option("--top-k", type=click.IntRange(min=0), help="Default 0 (off).")
-@click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), help="Default 0 (off).")
-@click.option("--seed", type=int, help="Seed for reproducible sampling.")
-@click.option("--ctx", type=click.IntRange(min=64), help="Context window in tokens.")
+@click.option("--max-tokens", type=click.IntRange(min=0), callback=setting_check("max_tokens"),
+              help="Most tokens to generate, reasoning included (0 = until the context is "
+              "full).")
+@click.option("--temperature", type=click.FloatRange(0, 5), callback=setting_check("temperature"),
+              help="Default 0.6 (DeepSeek's).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True),
+              callback=setting_check("top_p"), help="Default 0.95.")
+@click.option("--top-k", type=click.IntRange(min=0), callback=setting_check("top_k"),
+              help="Default 0 (off).")
+@click.option("--min-p", type=click.FloatRange(0, 1, max_open=True),
+              callback=setting_check("min_p"), help="Default 0 (off).")
+@click.option("--seed", type=int, callback=setting_check("seed"),
+              help="Seed for reproducible sampling.")
+@click.option("--ctx", type=click.IntRange(min=64), callback=setting_check("context_size"),
+              help="Context window in tokens.")
 @click.option("--gpu-layers", callback=_gpu_layers, help="auto, all, 0 (CPU) or a count.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), callback=setting_check("threads"),
+              help="CPU threads.")
 @click.option("--reasoning-budget", type=click.IntRange(min=-1),
+              callback=setting_check("reasoning_budget"),
               help="Close the think block after N reasoning tokens (-1 = unlimited).")
 @click.option("--chat-format", help="Prompt format when the GGUF has no (good) template, "
               "e.g. deepseek-r1, chatml, llama-3.")
@@ -94,7 +161,7 @@ def _gpu_layers(_ctx, _param, value: str | None):
               help="Print one JSON object: model, reasoning, answer, usage, timings.")
 @click.option("-c", "--continue", "continue_latest", is_flag=True,
               help="Continue the latest conversation (its history goes to the model).")
-@click.option("--cid", type=int, help="Continue the conversation with this id.")
+@click.option("--cid", type=CONVERSATION_ID, help="Continue the conversation with this id.")
 @click.option("--no-log", is_flag=True, help="Do not save this turn in the history.")
 def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_tokens, temperature,
         top_p, top_k, min_p, seed, ctx, gpu_layers, threads, reasoning_budget, chat_format,
@@ -113,7 +180,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     from localr1.cli.turn_printer import TurnPrinter
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
-    from localr1.models.library import mark_used, resolve_model
+    from localr1.models.choice import choose_model, record_use
     from localr1.paths import app_paths
 
     if no_log and (continue_latest or cid is not None):
@@ -125,25 +192,25 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     settings = load_settings(paths.config_file)
     store = None if no_log else _open_store(paths)
     conversation = _conversation_to_continue(store, continue_latest, cid)
-    reference = model or (conversation.model if conversation else None) \
-        or settings.default_model
-    if not reference:
-        raise click.UsageError("no model: pass --model NAME|PATH or set default_model in "
-                               f"{paths.config_file}")
-    model_path = resolve_model(reference, paths.models_dir)
+    chosen = choose_model(model, settings, paths,
+                          conversation_model=conversation.model if conversation else None)
+    if chosen is None:
+        raise click.UsageError(no_model_message(paths))
     engine = Engine.load(EngineConfig.from_settings(
-        model_path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
+        chosen.path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
         chat_format=chat_format))
-    mark_used(model_path)
-    params = GenerationParams.from_settings(
-        settings, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        min_p=min_p, seed=seed, reasoning_budget=reasoning_budget)
+    chosen = record_use(chosen, paths.models_dir, remember=store is not None)
+    params = GenerationParams.from_settings(settings, **_sampling(conversation, dict(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        seed=seed, reasoning_budget=reasoning_budget)))
     printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output)
     with engine:
-        for event in _turn_events(engine, store, conversation, reference, text, system, params):
+        for event in _turn_events(engine, store, conversation, chosen.name, text, system,
+                                  params):
             printer.handle(event)
     if json_output:
-        click.echo(printer.as_json(reference, conversation_id=printer.conversation_id))
+        safe_echo(printer.as_json(chosen.name, conversation_id=printer.conversation_id,
+                                  params=params))
     if not printer.result.answer.strip():
         stats = printer.result.stats
         why = "it stopped while still reasoning" if stats and stats.reasoning_truncated \
@@ -151,10 +218,23 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
         raise LocalR1Error(f"the model gave no answer ({why})")
 
 
+def no_model_message(paths) -> str:
+    return f"no model: pass --model NAME|PATH or set default_model in {paths.config_file}"
+
+
 def _open_store(paths):
-    from localr1.store.database import Store
+    from localr1.store import Store
 
     return Store.open(paths.db_path)
+
+
+def _sampling(conversation, flags: dict) -> dict:
+    """A continued conversation's stored sampling settings; a flag typed on the command
+    line wins."""
+    source = click.get_current_context().get_parameter_source
+    stored = conversation.params if conversation is not None else {}
+    return {name: value if source(name) is click.core.ParameterSource.COMMANDLINE
+            else stored.get(name) for name, value in flags.items()}
 
 
 def _conversation_to_continue(store, continue_latest: bool, cid: int | None):
@@ -181,50 +261,25 @@ def _turn_events(engine, store, conversation, model_label: str, text: str,
     if conversation is None:
         conversation = session.new_conversation(system_prompt=system, params=params)
     elif system and system != conversation.system_prompt:
-        raise click.UsageError("--system cannot change a continued conversation's system "
-                               "prompt; start a new conversation")
+        store.set_system_prompt(conversation.id, system)  # the flag wins, from now on
     yield from session.send(conversation.id, text, params)
 
 
 def _prompt_text(words: tuple[str, ...]) -> str:
-    """stdin first, then the arguments, like `llm`."""
+    """stdin first, then the arguments, like `llm`. Blank text is never sent."""
     parts = []
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
+    if sys.stdin is not None and not sys.stdin.isatty():
+        # Bytes that are not UTF-8 become U+FFFD instead of stopping the run.
+        piped = sys.stdin.buffer.read().decode("utf-8", errors="replace")
         if piped.strip():
             parts.append(piped.strip())
-    if words:
-        parts.append(" ".join(words))
+    typed = " ".join(words)
+    if typed.strip():
+        parts.append(typed)
     if not parts:
-        raise click.UsageError("no prompt: give it as arguments or pipe it on stdin")
+        raise click.UsageError("no prompt: give it as arguments or pipe it on stdin"
+                               if not words else "the prompt is empty")
     return "\n\n".join(parts)
-
-
-# ---- doctor --------------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option("-m", "--model", help="Also load this model and generate a few tokens, to "
-              "confirm where it runs (e.g. how many layers are offloaded to the GPU).")
-@click.option("--json", "json_output", is_flag=True, help="Print the checks as JSON.")
-def doctor(model: str | None, json_output: bool) -> None:
-    """Check the install: llama.cpp build, GPU offload, memory, paths, config."""
-    import json
-    from dataclasses import asdict
-
-    from localr1.doctor import check_model_runs, print_report, run_checks
-    from localr1.paths import app_paths
-
-    paths = app_paths()
-    checks = run_checks(paths)
-    if model:
-        checks.append(check_model_runs(model, paths))
-    if json_output:
-        click.echo(json.dumps([asdict(c) for c in checks], indent=2))
-    else:
-        print_report(checks)
-    if any(c.status == "fail" for c in checks):
-        sys.exit(1)
 
 
 # ---- config --------------------------------------------------------------------------------
@@ -240,7 +295,7 @@ def config_path() -> None:
     """Print the config file's path."""
     from localr1.paths import app_paths
 
-    click.echo(app_paths().config_file)
+    safe_echo(app_paths().config_file)
 
 
 @config.command("show")
@@ -259,21 +314,23 @@ def config_show(json_output: bool) -> None:
                               indent=2))
         return
     exists = "" if paths.config_file.exists() else " (not created; defaults)"
-    click.echo(f"# {paths.config_file}{exists}")
-    click.echo(render_settings_toml(settings), nl=False)
-    click.echo("\n# paths")
+    safe_echo(f"# {paths.config_file}{exists}")
+    safe_echo(render_settings_toml(settings), nl=False)
+    safe_echo("\n# paths")
     for name, value in paths.as_dict().items():
-        click.echo(f"# {name} = {value}")
+        safe_echo(f"# {name} = {value}")
 
 
 def _register_command_groups() -> None:
     # Commands that live in their own modules; each imports only click at import time.
     from localr1.cli.batch import batch
+    from localr1.cli.doctor import doctor
     from localr1.cli.history import history
     from localr1.cli.models import import_models, list_models, pull, rm, show
 
     cli.add_command(history)
     cli.add_command(batch)
+    cli.add_command(doctor)
     cli.add_command(pull)
     cli.add_command(list_models)
     cli.add_command(list_models, "ls")

@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from localr1.chat_session import TurnSaved
-from localr1.engine.llama_engine import (
+from localr1.durations import format_seconds
+from localr1.engine.events import (
     AnswerDelta,
     ContextTrimmed,
     Event,
+    GenerationParams,
     ReasoningDelta,
     TurnDone,
     TurnStats,
@@ -85,8 +87,8 @@ class TurnPrinter:
             if not self.result.answer and self.show_reasoning:
                 self.err.end_line()  # the reasoning block ends where the answer starts
                 if self._thinking_since is not None:
-                    seconds = time.monotonic() - self._thinking_since
-                    self.err.stream.write(f"{DIM}Thought for {seconds:.1f} s{RESET}\n\n")
+                    took = format_seconds(time.monotonic() - self._thinking_since)
+                    self.err.stream.write(f"{DIM}Thought for {took}{RESET}\n\n")
                     self.err.stream.flush()
             self.result.answer += event.text
             if not self.json_output:
@@ -117,7 +119,8 @@ class TurnPrinter:
             self.note(f"stopped after {stats.completion_tokens} tokens (max tokens or context "
                       "window reached); raise --max-tokens or --ctx for a longer reply")
 
-    def as_json(self, model: str, conversation_id: int | None = None) -> str:
+    def as_json(self, model: str, conversation_id: int | None = None,
+                params: GenerationParams | None = None) -> str:
         stats = self.result.stats
         assert stats is not None
         data = asdict(stats)
@@ -144,4 +147,6 @@ class TurnPrinter:
             "reasoning_budget_hit": data["reasoning_budget_hit"],
             "dropped_messages": data["dropped_messages"],
             "notes": self.result.notes,
+            # The sampling this turn used: flags, else the conversation's, else config.toml.
+            "params": asdict(params) if params is not None else None,
         }, ensure_ascii=False)
