@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+_SCRATCH_HOME = tempfile.mkdtemp(prefix="localr1-bench-home-")
 PROMPT = "Write a short story about a robot who learns to paint. Use three paragraphs."
 CTX = 2048
 
@@ -51,10 +54,12 @@ def smollm2_path() -> Path:
 
 
 def run_localr1(model: Path, max_tokens: int, threads: int, seed: int) -> dict:
+    # Logged like a user's run (the store is part of the cost), into a scratch home.
+    env = {**os.environ, "LOCALR1_HOME": os.environ.get("LOCALR1_HOME") or _SCRATCH_HOME}
     out = subprocess.run(
         [sys.executable, "-m", "localr1", "run", "-m", str(model), "--json", "--ctx", str(CTX),
          "--max-tokens", str(max_tokens), "--threads", str(threads), "--seed", str(seed), PROMPT],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True, text=True, check=True, env=env).stdout
     data = json.loads(out)
     return {"tokens": data["usage"]["completion_tokens"],
             "tokens_per_second": data["timings"]["tokens_per_second"]}
