@@ -62,6 +62,8 @@ class ChatSession:
     def _answer(self, conversation_id: int, user_message_id: int, params: GenerationParams,
                 cancel: threading.Event | None) -> Iterator[Event | TurnSaved]:
         conversation = self.store.conversation(conversation_id)
+        if conversation.model != self.model_label:  # switched models: it goes on with this one
+            self.store.set_model(conversation_id, self.model_label)
         history = [m.to_chat_message() for m in self.store.branch(conversation_id,
                                                                  user_message_id)]
         writer = self.store.assistant_writer(conversation_id, parent_id=user_message_id,

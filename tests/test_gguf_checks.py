@@ -193,7 +193,8 @@ def test_run_names_a_fifo_a_symlink_loop_and_a_bad_header(tmp_path):
         huge_context: "unusable model: qwen2.context_length is 2147483648",
     }
     for path, words in expected.items():
-        result = _run_cli("run", "-m", str(path), "hi")
-        assert result.returncode == 1, result.stderr
-        [line] = result.stderr.strip().splitlines()
-        assert line.startswith(f"Error: {path}: ") and words in line, line
+        for command in (["run", "-m", str(path), "hi"], ["import", str(path)]):
+            result = _run_cli(*command)
+            assert result.returncode == 1, result.stderr
+            [line] = result.stderr.strip().splitlines()
+            assert words in line and str(path) in line, (command, line)

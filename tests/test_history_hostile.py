@@ -200,7 +200,9 @@ def test_read_only_open_of_a_v1_file_reads_it_without_upgrading(tmp_path: Path) 
 def test_exports_are_created_private(chat: int, tmp_path: Path) -> None:
     old_umask = os.umask(0o022)
     try:
-        for name in ("chat.json", "chat.md"):
+        (tmp_path / "old.json").write_text("readable by others")
+        (tmp_path / "old.json").chmod(0o644)
+        for name in ("chat.json", "chat.md", "old.json"):  # replacing a file makes it private
             assert run("export", str(chat), "-o", str(tmp_path / name)).exit_code == 0
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
     finally:

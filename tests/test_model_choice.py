@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -66,6 +69,29 @@ def test_run_by_path_records_the_file_name_and_continues_by_it(tiny):
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["conversation_id"] == listed["id"]
     assert localr1("list").stdout.splitlines()[1].split()[0] == "tiny"
+
+
+def test_a_conversation_goes_on_with_the_model_of_its_newest_answer(tiny, r1_original_model):
+    first = json.loads(localr1("run", "-m", tiny, "--json", "hi").stdout)
+    switched = localr1("run", "-c", "-m", r1_original_model, "--json", "and now?")
+    assert switched.exit_code == 0, switched.output
+    assert json.loads(switched.stdout)["conversation_id"] == first["conversation_id"]
+    (listed,) = json.loads(localr1("history", "list", "--json").stdout)
+    assert listed["model"] == r1_original_model.stem  # not the model it started with
+    again = json.loads(localr1("run", "-c", "--json", "and again?").stdout)
+    assert again["model"] == r1_original_model.stem  # -c continues with the newest model
+
+
+def test_a_model_dropped_into_the_models_folder_shows_when_it_was_used(r1_prefill_model):
+    folder = app_paths().models_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(r1_prefill_model, folder / "dropped.gguf")
+    assert localr1("list").stdout.splitlines()[1].split()[-1] == "never"
+    assert localr1("run", "-m", "dropped", "hi").exit_code == 0
+    row = localr1("list").stdout.splitlines()[1]
+    assert row.split()[0] == "dropped" and row.endswith("just now")
+    assert localr1("rm", "--yes", "dropped").exit_code == 0  # still the folder's own file
+    assert not (folder / "dropped.gguf").exists()
 
 
 def test_run_without_logging_remembers_nothing(tiny):
@@ -177,3 +203,28 @@ def test_batch_save_writes_turns_like_run(tiny):
         assert answer.content == sm.ANSWER_TEXT and answer.reasoning == sm.REASONING_TEXT
         assert answer.finish_reason == "stop" and answer.thinking_seconds is not None
         assert answer.batch_id == user.batch_id == conversation.params["batch_id"]
+
+
+def test_a_read_only_data_folder_does_not_stop_a_run_that_logs_nothing(tiny):
+    # LAST USED cannot be written there; that bookkeeping must not fail the run. As root (CI)
+    # the run drops the capability that ignores file permissions (util-linux's setpriv).
+    assert localr1("import", tiny, "--name", "ro-tiny").exit_code == 0
+    home = app_paths().data_dir
+    modes = {path: path.stat().st_mode for path in (home, *home.iterdir())}
+    try:
+        for path in modes:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        command = [sys.executable, "-m", "localr1", "run", "--no-log", "-m", "ro-tiny", "hi"]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--",
+                       *command]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == sm.ANSWER_TEXT
+        logged = subprocess.run(command[:-4] + ["-m", "ro-tiny", "hi"], capture_output=True,
+                                text=True)
+        assert logged.returncode == 1 and len(logged.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in logged.stderr
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)

@@ -259,17 +259,18 @@ def export(conversation_id: int | None, export_all: bool, fmt: str | None, outpu
 
 
 def _write_private(path: str, text: str) -> None:
-    """Write `text` to `path`; a file this creates is 0600 (an existing one keeps its mode:
-    it may be a device such as /dev/stdout)."""
+    """Write `text` to `path` as a private (0600) file, also when it replaces an existing
+    file; a device such as /dev/stdout keeps its mode."""
     import os
+    import stat
 
     try:
         try:
-            fd, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), True
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            fd, created = os.open(path, os.O_WRONLY | os.O_TRUNC), False
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         with open(fd, "w", encoding="utf-8") as file:
-            if created:
+            if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
                 os.fchmod(file.fileno(), 0o600)  # the umask can take bits away, not add them
             file.write(text)
     except OSError as exc:

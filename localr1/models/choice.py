@@ -79,7 +79,10 @@ def record_use(chosen: ChosenModel, models_dir: Path, *, remember: bool) -> Chos
     from now on."""
     if remember and not chosen.installed:
         chosen = _register(chosen, models_dir)
-    mark_used(chosen.path)
+    # LAST USED is bookkeeping: a registry that cannot be written (a read-only data folder)
+    # must not stop a run that logs nothing there.
+    with contextlib.suppress(LocalR1Error):
+        mark_used(chosen.path, models_dir=models_dir)
     return chosen
 
 

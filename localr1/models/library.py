@@ -117,10 +117,20 @@ def find_installed(reference: str, models_dir: Path, *, registry: ModelRegistry 
     return registry.find_path(path) if path.exists() else None
 
 
-def mark_used(model_path: Path, registry: ModelRegistry | None = None) -> None:
-    """Record that a model was loaded now (for `list`'s LAST USED); unregistered: no-op."""
+def mark_used(model_path: Path, registry: ModelRegistry | None = None, *,
+              models_dir: Path | None = None) -> None:
+    """Record that a model was loaded now (for `list`'s LAST USED). A GGUF dropped into the
+    models folder gets its registry record here (the registry is where LAST USED lives);
+    any other unregistered file: no-op."""
     registry = registry or ModelRegistry.default()
     model = registry.find_path(model_path)
+    if model is None and models_dir is not None and _identity(model_path) in {
+            _identity(p) for p in installed_models(models_dir).values()}:
+        model = _folder_model(Path(model_path))
+        if model is not None and registry.get(model.name) is None:
+            registry.put(model)
+        else:
+            model = None
     if model is not None:
         registry.mark_used(model.name)
 
@@ -147,8 +157,11 @@ def split_parts(first: Path) -> tuple[Path, ...]:
 def validate_gguf(parts: tuple[Path, ...]) -> list[GGUFHeader]:
     """Every part's header, checked: magic, version, tensor data within the file, split count."""
     for part in parts:
-        if not part.is_file():
-            raise ModelFileError(f"{part}: missing part of a split GGUF")
+        if not os.path.lexists(part):
+            raise ModelFileError(f"{part}: missing part of a split GGUF" if len(parts) > 1
+                                 else f"{part}: no such file")
+        # Anything else that is not a regular file (a FIFO, a symlink loop): the header
+        # reader names it without blocking.
     headers = [read_gguf_header(p) for p in parts]
     if headers[0].split_count != len(parts):
         raise ModelFileError(f"{parts[0]}: the GGUF says it has {headers[0].split_count} "

@@ -178,11 +178,16 @@ class ModelRegistry:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[dict[str, InstalledModel]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path.with_name(self.path.name + ".lock")):
-            models = self._load()
-            yield models
-            self._save(models)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(self.path.with_name(self.path.name + ".lock")):
+                models = self._load()
+                yield models
+                self._save(models)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"{self.path}: cannot write the model registry ({reason}); "
+                              "check the data folder's permissions or set LOCALR1_HOME") from None
 
 
 @contextlib.contextmanager

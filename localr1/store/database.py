@@ -279,6 +279,11 @@ class Store:
     def set_archived(self, id: int, archived: bool) -> None:
         self._update_conversation(id, "archived = ?", (int(bool(archived)),))
 
+    def set_model(self, id: int, model: str) -> None:
+        """The model the conversation goes on with (its newest answer's), shown by `history
+        list` and used by `run -c`."""
+        self._update_conversation(id, "model = ?", (model,))
+
     def set_system_prompt(self, id: int, system_prompt: str | None) -> None:
         """The conversation's system prompt from its next turn on (None or blank = none)."""
         if system_prompt is not None and not system_prompt.strip():
