@@ -15,7 +15,8 @@ It serves files from disk the way huggingface.co does for the calls localr1 and
 Knobs for failure tests, set on the server object at any time: ``drop_after_bytes`` (close the
 connection after that many body bytes, for the next ``drops_left`` GETs), ``ignore_range``
 (answer 200 with the whole file), ``corrupt_paths`` (flip one byte while serving: sha mismatch),
-``throttle_bytes_per_s``.  Every request is logged in ``requests``.
+``throttle_bytes_per_s``, ``files_redirect_to`` (an origin: file GETs answer 302 there, as the
+Hub sends LFS files to its CDN).  Every request is logged in ``requests``.
 
 Hostile knobs, for a server that lies or stalls on purpose: any name can be served with
 ``add_file`` (``../`` parts, a NUL, 300 characters; a name the client's URL normalization
@@ -92,6 +93,7 @@ class HubServer:
         self.ignore_range = False
         self.corrupt_paths: set[str] = set()
         self.throttle_bytes_per_s: float | None = None
+        self.files_redirect_to: str | None = None
         self.reported_sizes: dict[str, object] = {}
         self.trickle_api_interval_s: float | None = None
         self.trickle_file_interval_s: float | None = None
@@ -279,6 +281,12 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
 
         def _resolve(self, head: bool) -> None:
             path = self._record()
+            if hub.files_redirect_to and not head:
+                self.send_response(302)
+                self.send_header("Location", hub.files_redirect_to + path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             match = _RESOLVE.match(path)
             served = hub.served_at(unquote(path))
             if served is not None:

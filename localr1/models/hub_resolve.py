@@ -4,13 +4,17 @@ The Hub's JSON API is called on huggingface_hub's shared HTTP client (the user's
 `HF_ENDPOINT`, offline mode), but read by us, so a hostile or broken server cannot hang or fool
 a pull: one overall deadline for resolving (`LOCALR1_HUB_TIMEOUT`, 60 s), a read timeout per
 request, at most 50 pages of a listing and 32 MB of JSON, and every file name and size checked
-before a plan is made (see safe_paths).
+before a plan is made (see safe_paths). A host that cannot be resolved or refuses connections is
+one line naming it and why, at once: the API calls are not retried, and huggingface_hub's own
+retry warnings are silenced, so hub_transfer's retries are the only ones.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ DEFAULT_HUB_TIMEOUT = 60.0  # seconds for all the API calls of one resolution to
 REQUEST_READ_TIMEOUT = 20.0  # seconds without a byte from the API
 MAX_PAGES = 50  # of a paginated listing; the Hub pages 1,000 entries at a time
 MAX_API_BYTES = 32 << 20
+REACH_HINT = "check the network or set HF_ENDPOINT"
 
 
 class HubError(LocalR1Error):
@@ -299,18 +304,13 @@ def _api_call(method: str, url: str, repo: str, revision: str, deadline: Deadlin
     import json
 
     import httpx2
-    from huggingface_hub.utils import (
-        build_hf_headers,
-        get_session,
-        hf_raise_for_status,
-        validate_repo_id,
-    )
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, validate_repo_id
 
     try:
         validate_repo_id(repo)
         left = deadline.left()
         timeout = httpx2.Timeout(min(left, REQUEST_READ_TIMEOUT), connect=min(left, 10.0))
-        with get_session().stream(method, url, headers=build_hf_headers(), timeout=timeout,
+        with hub_session().stream(method, url, headers=build_hf_headers(), timeout=timeout,
                                   **request) as response:
             body = bytearray()
             for chunk in response.iter_bytes():
@@ -327,6 +327,8 @@ def _api_call(method: str, url: str, repo: str, revision: str, deadline: Deadlin
         except ValueError:
             raise HubError(f"the Hub's answer for {repo} is not valid JSON") from None
         return data, whole.links.get("next", {}).get("url")
+    except httpx2.ConnectTimeout as exc:
+        raise unreachable(exc) from None
     except httpx2.TimeoutException:
         raise deadline.expired() from None
     except Exception as exc:
@@ -361,8 +363,62 @@ def hub_error(exc: BaseException, repo: str, path: str | None = None,
     if isinstance(exc, errors.HFValidationError):
         return HubError(f"'{shown_name(repo)}' is not a valid Hub repository name")
     if isinstance(exc, httpx2.TransportError):
-        return HubError(f"cannot reach {hub_endpoint()}: {one_line(exc)}")
+        return unreachable(exc)
     raise exc
+
+
+def hub_session():
+    """huggingface_hub's shared HTTP client, with its "Retrying in 8s" warnings silenced (unless
+    the user asked for them with HF_HUB_VERBOSITY): localr1 retries on its own terms."""
+    from huggingface_hub.utils import get_session
+
+    if not os.environ.get("HF_HUB_VERBOSITY"):
+        logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
+    return get_session()
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """No connection was made at all: a name not resolved, refused, timed out. Retrying that
+    for long only delays the answer."""
+    import httpx2
+
+    return isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
+
+
+def unreachable(exc: BaseException) -> HubError:
+    """'cannot reach https://huggingface.co (name not resolved); check the network ...'."""
+    return HubError(f"cannot reach {_failed_origin(exc)} ({transport_reason(exc)}); {REACH_HINT}")
+
+
+def transport_reason(exc: BaseException) -> str:
+    """Why an HTTP transport failed, in a few words, from the OS error underneath."""
+    import httpx2
+
+    if isinstance(exc, httpx2.ConnectTimeout):
+        return "connection timed out"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return "name not resolved"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+        cause = cause.__cause__ or cause.__context__
+    return one_line(exc)
+
+
+def _failed_origin(exc: BaseException) -> str:
+    """HF_ENDPOINT when the failed request went there, else the host it went to (a CDN)."""
+    endpoint = hub_endpoint()
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when none was set
+        return endpoint
+    if str(url).startswith(endpoint + "/"):
+        return endpoint
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}"
 
 
 def one_line(exc: BaseException) -> str:

@@ -8,6 +8,8 @@ process. Ours:
 * retries a dropped or stalled connection with exponential backoff (the count resets once real
   progress is made); stalled is less than 16 KB in `read_timeout` seconds, so a server that
   trickles a byte now and then cannot hold a pull forever;
+* gives up after one quick, silent retry when the host was never reached (name not resolved,
+  connection refused): one line naming it, in a second, not half a minute of backoff;
 * hashes on a second thread while downloading (the bytes already in the `.part` first), and
   checks the Hub's sha256 before the file is moved into place; a mismatch deletes it;
 * holds an exclusive lock on the `.part`, so two pulls never append to one file.
@@ -31,7 +33,14 @@ from localr1.models.download_errors import (
     PullInterrupted,
     raise_if_no_space,
 )
-from localr1.models.hub_resolve import RemoteFile, hub_error, one_line
+from localr1.models.hub_resolve import (
+    RemoteFile,
+    hub_error,
+    hub_session,
+    is_connect_failure,
+    one_line,
+    unreachable,
+)
 from localr1.models.part_writer import PartWriter, hash_file, matches, new_digests
 from localr1.models.pull_events import BytesDone, FileDone, Notice, OnEvent, ignore_event
 from localr1.sizes import format_bytes
@@ -46,6 +55,8 @@ class DownloadOptions:
     max_retries: int = 5  # consecutive failures without real progress (STALL_MIN_BYTES)
     retry_base_delay: float = 1.0  # seconds; doubles per retry
     retry_max_delay: float = 30.0
+    # Before the one retry of a host never reached: a blip, not an outage, is worth that much.
+    connect_retry_delay: float = 0.5
     # Seconds in which under STALL_MIN_BYTES arrive (or none) before the connection counts as
     # stalled and is retried; None: huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT.
     read_timeout: float | None = None
@@ -99,6 +110,7 @@ class Transfer:
         self.started, self.on_event, self.options, self.cancel = \
             started, on_event, options, cancel
         self.writer: PartWriter | None = None
+        self.reached = False  # a response came: connect failures from now on are drops
 
     @property
     def on_disk(self) -> int:
@@ -144,7 +156,7 @@ class Transfer:
         return DownloadedFile(self.dest, size, digests[0], "downloaded")
 
     def _fetch(self) -> None:
-        failures = 0
+        failures = connect_failures = 0
         while self.on_disk < self.remote.size:
             if self.cancel is not None and self.cancel.is_set():
                 raise KeyboardInterrupt
@@ -161,6 +173,12 @@ class Transfer:
             except Exception as exc:
                 if not _is_transient(exc):
                     raise
+                if is_connect_failure(exc) and not self.reached:
+                    connect_failures += 1
+                    if connect_failures > 1:
+                        raise self._unreachable(exc) from None
+                    self._wait(self.options.connect_retry_delay)
+                    continue
                 progressed = self.on_disk - before >= STALL_MIN_BYTES
                 failures = 1 if progressed else failures + 1
                 if failures > self.options.max_retries:
@@ -173,11 +191,20 @@ class Transfer:
                             self.options.retry_base_delay * 2 ** (failures - 1))
                 self.on_event(Notice(f"connection problem ({self._problem(exc)}); retrying in "
                                      f"{delay:g}s ({failures}/{self.options.max_retries})"))
-                if self.cancel is not None:
-                    if self.cancel.wait(delay):
-                        raise KeyboardInterrupt from None
-                else:
-                    time.sleep(delay)
+                self._wait(delay)
+
+    def _wait(self, seconds: float) -> None:
+        if self.cancel is None:
+            time.sleep(seconds)
+        elif self.cancel.wait(seconds):
+            raise KeyboardInterrupt
+
+    def _unreachable(self, exc: BaseException) -> LocalR1Error:
+        error = unreachable(exc)
+        if not self.on_disk:
+            return error
+        return DownloadError(f"{error}; kept {format_bytes(self.on_disk)} in {self.part.name}, "
+                             "pull again to resume")
 
     def _read_timeout(self) -> float:
         from huggingface_hub import constants
@@ -193,7 +220,7 @@ class Transfer:
 
     def _request(self, start: int) -> None:
         import httpx2
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
         headers = build_hf_headers()  # the user's token, found the way huggingface_hub does
         headers["Accept-Encoding"] = "identity"
@@ -202,8 +229,9 @@ class Transfer:
         read_timeout = self._read_timeout()
         timeout = httpx2.Timeout(read_timeout, connect=min(read_timeout, 30))
         try:
-            with get_session().stream("GET", self.remote.url, headers=headers,
+            with hub_session().stream("GET", self.remote.url, headers=headers,
                                       timeout=timeout) as response:
+                self.reached = True
                 status = response.status_code
                 if status in _RETRY_STATUSES:
                     raise _Retry(f"HTTP {status}")
