@@ -3,7 +3,8 @@
 Fills a fresh database (bulk inserts through sqlite-utils, FTS triggers on, like the real
 schema), then reports the median latency over --runs runs of what the UI does most:
 listing the newest 100 conversations, opening a 500-message conversation, and a full-text
-search for a word found in many messages. Targets: each under 50 ms.
+search for a word found in many messages, for a Japanese word (trigram index) and a
+2-character Chinese one (LIKE over the newest messages). Targets: each under 50 ms.
 
     python bench/store_scale.py [--db PATH] [--runs 20] [--seed 1]
 """
@@ -30,6 +31,11 @@ MESSAGES = 200_000
 BIG_CONVERSATION = 500
 TARGET_MS = 50.0
 SEARCH_WORD = "python"  # in 3% of the sentences: about one message in seven
+# 1% of the sentences end in one of these (drawn from their own random stream, so the
+# English text is the same as before they were added).
+CJK_PHRASES = ("日本語のテキストを読む", "中文的推理过程", "用中文回答", "テキストを翻訳して",
+               "🚀 ロケット")
+CJK_SEARCHES = ("日本語", "中文")
 COMMON_WORDS = ("the a of to and in is it that for you with on as are this be can by or not from "
           "at your but if an will more one all use so when there which do would how what "
           "about some like just other time also model first think because first two way "
@@ -51,7 +57,8 @@ class TextMaker:
     """Word salad made of a pool of Zipf-ish sentences: common words everywhere, rare words
     rarely, like real text; composing messages from sentences keeps the fill fast."""
 
-    def __init__(self, rng: random.Random, sentences: int = 40_000) -> None:
+    def __init__(self, rng: random.Random, cjk_rng: random.Random,
+                 sentences: int = 40_000) -> None:
         self.rng = rng
         words = vocabulary(rng)
         weights = [1 / (rank + 1) ** 1.05 for rank in range(len(words))]
@@ -61,6 +68,8 @@ class TextMaker:
             sentence = rng.choices(words, cum_weights=cum_weights, k=rng.randint(5, 16))
             if rng.random() < 0.03:
                 sentence[rng.randrange(len(sentence))] = SEARCH_WORD
+            if cjk_rng.random() < 0.01:
+                sentence.append(cjk_rng.choice(CJK_PHRASES))
             self.sentences.append(" ".join(sentence).capitalize() + ".")
 
     def text(self, n_words: int) -> str:
@@ -72,7 +81,7 @@ def fill(path: Path, seed: int) -> tuple[int, float]:
     started = time.perf_counter()
     Store.open(path).close()
     rng = random.Random(seed)
-    maker = TextMaker(rng)
+    maker = TextMaker(rng, random.Random(seed + 1))
     base = datetime(2024, 1, 1, tzinfo=UTC)
     big_id = rng.randint(1, CONVERSATIONS)
     sizes = [BIG_CONVERSATION if cid == big_id else 0 for cid in range(1, CONVERSATIONS + 1)]
@@ -184,6 +193,10 @@ def main() -> int:
                 (f"search({SEARCH_WORD!r}) ({matching[0]['n']:,} matching messages)",
                  median_ms(lambda: store.search(SEARCH_WORD), args.runs)),
             ]
+            for word in CJK_SEARCHES:
+                assert store.search(word), f"{word} is missing"
+                results.append((f"search({word!r})",
+                                median_ms(lambda word=word: store.search(word), args.runs)))
     failed = False
     print(f"median of {args.runs} runs, target < {TARGET_MS:.0f} ms each:")
     for name, ms in results:

@@ -93,6 +93,29 @@ def m002_conversation_settings(db: Database) -> None:
                    (json.dumps(params), *values.values(), conversation_id))
 
 
+@MIGRATIONS()
+def m003_trigram_search(db: Database) -> None:
+    # unicode61 reads a run of Chinese or Japanese as one word and drops emoji: a trigram
+    # index beside the word index finds any substring (3+ characters) in any script.
+    for table, columns in (("conversations", ("title",)), ("messages", ("content", "reasoning"))):
+        index = f"{table}_trigram"
+        names = ", ".join(columns)
+        new = ", ".join(f"new.{c}" for c in columns)
+        old = ", ".join(f"old.{c}" for c in columns)
+        delete = (f"INSERT INTO {index} ({index}, rowid, {names}) "
+                  f"VALUES ('delete', old.id, {old});")
+        insert = f"INSERT INTO {index} (rowid, {names}) VALUES (new.id, {new});"
+        db.executescript(f"""
+            CREATE VIRTUAL TABLE {index} USING fts5 (
+                {names}, content = [{table}], content_rowid = id, tokenize = 'trigram');
+            CREATE TRIGGER {index}_ai AFTER INSERT ON {table} BEGIN {insert} END;
+            CREATE TRIGGER {index}_ad AFTER DELETE ON {table} BEGIN {delete} END;
+            CREATE TRIGGER {index}_au AFTER UPDATE OF {names} ON {table}
+                BEGIN {delete} {insert} END;
+            INSERT INTO {index} ({index}) VALUES ('rebuild');
+        """)
+
+
 def known_migrations() -> list[str]:
     """The names of the migrations this code knows, oldest first."""
     db = Database(memory=True)
