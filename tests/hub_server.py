@@ -24,7 +24,9 @@ changes is still answered), ``reported_sizes`` (what the API says a file's size 
 a string), ``trickle_api_interval_s`` / ``trickle_file_interval_s`` (send the API answers /
 file bodies one byte per interval; a real attack would use 2 s, tests use less) and
 ``endless_pages`` (every tree listing links to a next page, forever; on
-``page_link_origin`` when set, to send the client elsewhere).
+``page_link_origin`` when set, to send the client elsewhere), ``bad_gzip_api`` (API answers
+claim ``Content-Encoding: gzip`` but are not gzip), ``misplaced_ranges`` (a 206's
+``Content-Range`` names a start one byte after the one asked for).
 
 Plain GETs without knobs use ``os.sendfile`` so the benchmark measures the client, not us.
 """
@@ -99,6 +101,8 @@ class HubServer:
         self.trickle_file_interval_s: float | None = None
         self.endless_pages = False
         self.page_link_origin: str | None = None
+        self.bad_gzip_api = False
+        self.misplaced_ranges = False
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -255,6 +259,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Repo-Commit", repo.commit)
+            if hub.bad_gzip_api:
+                self.send_header("Content-Encoding", "gzip")
             if hub.endless_pages and match["kind"] == "tree":
                 page = int(query.get("cursor", ["0"])[0]) + 1
                 origin = hub.page_link_origin or hub.url
@@ -328,7 +334,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(end - start + 1))
             if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{served.size}")
+                shown_start = start + 1 if hub.misplaced_ranges else start
+                self.send_header("Content-Range", f"bytes {shown_start}-{end}/{served.size}")
             self.end_headers()
             if not head:
                 self._send_body(served, start, end + 1)

@@ -3,6 +3,7 @@ retries, verification, split files, disk space, the Hugging Face cache."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -30,11 +31,11 @@ from localr1.models.hub_resolve import (
     parse_hub_reference,
     quant_from_filename,
     resolve_pull,
-    split_part_paths,
 )
 from localr1.models.library import pull_model, resolve_model
 from localr1.models.pull_events import BytesDone, FileDone, Notice
 from localr1.models.registry import ModelRegistry
+from localr1.models.split_names import part_names
 from localr1.paths import app_paths
 from tests.hub_server import TEST_TOKEN, file_sha256, hub_for_tests, subprocess_env
 
@@ -91,7 +92,7 @@ def test_reference_forms():
     assert quant_from_filename("d/X-Q8_0-00002-of-00003.gguf") == "Q8_0"
     assert quant_from_filename("SmolLM2-135M-Instruct.Q4_1.gguf") == "Q4_1"
     assert quant_from_filename("model.gguf") is None
-    assert split_part_paths("d/X-00002-of-00003.gguf") == tuple(
+    assert part_names("d/X-00002-of-00003.gguf") == tuple(
         f"d/X-0000{i}-of-00003.gguf" for i in (1, 2, 3))
 
 
@@ -371,7 +372,7 @@ def test_hf_cache_copy_when_links_fail(server, catalog, hf_home, r1_prefill_mode
     put_in_hf_cache(hf_home, R1_REPO, R1_FILE, r1_prefill_model)
 
     def no_links(*_args):
-        raise OSError("cross-device link")
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(hub_download.os, "link", no_links)
     events = []

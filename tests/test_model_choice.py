@@ -20,9 +20,10 @@ from localr1.durations import format_age, format_duration, format_seconds
 from localr1.errors import ModelFileError
 from localr1.models import fit
 from localr1.models.catalog import load_catalog
-from localr1.models.choice import ChosenModel, choose_model, file_name, name_model, record_use
+from localr1.models.choice import ChosenModel, choose_model, name_model, record_use
 from localr1.models.listing import catalog_rows, installed_rows
 from localr1.models.registry import ModelRegistry
+from localr1.models.split_names import model_name
 from localr1.paths import app_paths
 from localr1.store import Store
 from tests.fixtures import scripted_models as sm
@@ -123,7 +124,7 @@ def test_choose_model_order_and_names(tmp_path, tiny, r1_original_model):
     assert choose_model(None, Settings(), paths, lenient=True).name == "folder-one"
     # The same file named by its path gets its library name, never the path.
     assert name_model(r1_original_model, models_dir).name == "mine"
-    assert file_name(tmp_path / "big-Q8_0-00001-of-00003.gguf") == "big-Q8_0"
+    assert model_name(tmp_path / "big-Q8_0-00001-of-00003.gguf") == "big-Q8_0"
 
 
 def test_remembering_a_path_whose_name_is_taken_adds_a_number(tmp_path, tiny,

@@ -62,7 +62,9 @@ def pull(name: str, yes: bool) -> None:
     finally:
         printer.close()
     if result.already_installed:
-        safe_echo(f"{plan.name} is already installed and verified: {result.model.path}")
+        known_as = f" as {result.model.name}" if result.model.name != plan.name else ""
+        safe_echo(f"{plan.name} is already installed and verified{known_as}: "
+                  f"{result.model.path}")
     else:
         safe_echo(f"pulled {plan.name}: {result.model.path}")
 

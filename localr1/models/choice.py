@@ -14,7 +14,6 @@ the TUI then find it again by name.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from localr1.config import Settings
 from localr1.errors import LocalR1Error, ModelFileError
 from localr1.models.library import import_model, installed_models, mark_used, resolve_model
 from localr1.models.registry import ModelRegistry
+from localr1.models.split_names import model_name
 from localr1.paths import AppPaths
-
-_SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 
 
 @dataclass(frozen=True)
@@ -64,12 +62,7 @@ def name_model(path: Path, models_dir: Path) -> ChosenModel:
     for name, candidate in installed_models(models_dir).items():
         if _real(candidate) == real:
             return ChosenModel(path, name, True)
-    return ChosenModel(path, file_name(path), False)
-
-
-def file_name(path: Path) -> str:
-    """A GGUF's name from its file: the stem, without a split file's -00001-of-00003."""
-    return _SPLIT_SUFFIX.sub("", path.stem) or path.stem
+    return ChosenModel(path, model_name(path), False)
 
 
 def record_use(chosen: ChosenModel, models_dir: Path, *, remember: bool) -> ChosenModel:
@@ -87,7 +80,8 @@ def record_use(chosen: ChosenModel, models_dir: Path, *, remember: bool) -> Chos
 
 
 def _register(chosen: ChosenModel, models_dir: Path) -> ChosenModel:
-    name = _free_name(chosen.name, models_dir)
+    # A model name has no whitespace (import refuses it); a file name may.
+    name = _free_name("-".join(chosen.name.split()) or "model", models_dir)
     try:
         import_model(chosen.path, name, models_dir=models_dir)
     except ModelFileError:
@@ -99,10 +93,21 @@ def _register(chosen: ChosenModel, models_dir: Path) -> ChosenModel:
 
 
 def _free_name(name: str, models_dir: Path) -> str:
+    """`name`, or `name-2`, ...: one that no model, folder GGUF, catalog name or alias, or Hub
+    reference already means (a file used by path must not shadow `r1`)."""
+    from localr1.models.catalog import load_catalog
+    from localr1.models.hub_resolve import parse_hub_reference
+
     registry = ModelRegistry.default()
+    catalog = load_catalog()
     folder = {stem.lower() for stem in installed_models(models_dir)}
+
+    def taken(candidate: str) -> bool:
+        return registry.get(candidate) is not None or candidate.lower() in folder or \
+            catalog.find(candidate) is not None or parse_hub_reference(candidate) is not None
+
     candidate, number = name, 1
-    while registry.get(candidate) is not None or candidate.lower() in folder:
+    while taken(candidate):
         number += 1
         candidate = f"{name}-{number}"
     return candidate

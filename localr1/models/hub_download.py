@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -27,7 +28,7 @@ from localr1.models.download_errors import (
 from localr1.models.hardware import free_disk_bytes
 from localr1.models.hf_cache import find_in_hf_cache
 from localr1.models.hub_resolve import PullPlan, RemoteFile, one_line
-from localr1.models.hub_transfer import DownloadedFile, DownloadOptions, Transfer
+from localr1.models.hub_transfer import DownloadedFile, DownloadOptions, Transfer, only_pull_of
 from localr1.models.part_writer import hash_file, hexdigests, matches, new_digests
 from localr1.models.pull_events import (
     BytesDone,
@@ -41,6 +42,9 @@ from localr1.sizes import format_bytes
 
 PART_SUFFIX = ".part"
 _READ_ONLY_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# os.link failures that mean "no hard link possible here" (another disk, a filesystem without
+# them, too many links): only these fall back to a copy.
+_NO_HARD_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK})
 
 
 # ---- downloading -------------------------------------------------------------------------------
@@ -132,14 +136,15 @@ def download_file(remote: RemoteFile, dest: Path, *, on_event: OnEvent = ignore_
                 return DownloadedFile(dest, remote.size, digests[0], "already downloaded")
         on_event(Notice(f"{remote.filename} on disk does not match the Hub's; fetching it again"))
         dest.unlink()
-    if options.use_hf_cache and remote.sha256:
-        cached = find_in_hf_cache(remote.sha256, remote.size, remote.repo)
-        if cached is not None:
-            result = _from_hf_cache(remote, cached, dest, started, on_event, cancel)
-            if result is not None:
-                part.unlink(missing_ok=True)
-                return result
-    return Transfer(remote, dest, part, started, on_event, options, cancel).run()
+    with only_pull_of(part, remote.filename):
+        if options.use_hf_cache and remote.sha256:
+            cached = find_in_hf_cache(remote.sha256, remote.size, remote.repo)
+            if cached is not None:
+                result = _from_hf_cache(remote, cached, dest, started, on_event, cancel)
+                if result is not None:
+                    part.unlink(missing_ok=True)
+                    return result
+        return Transfer(remote, dest, part, started, on_event, options, cancel).run()
 
 
 def _starter(remote: RemoteFile, on_event: OnEvent, index: int, count: int):
@@ -160,13 +165,18 @@ def _interruptible(work, part: Path | None, total: int):
 
 def _from_hf_cache(remote: RemoteFile, cached: Path, dest: Path, started, on_event: OnEvent,
                    cancel: threading.Event | None) -> DownloadedFile | None:
-    """Hard-link (same disk) or copy a cached blob, verified; None if it does not verify."""
-    tmp = dest.with_name(dest.name + ".linking")
-    tmp.unlink(missing_ok=True)
+    """Hard-link (same disk) or copy a cached blob, verified; None if it does not verify.
+    The temporary name is new each time and never opened for writing if it exists: a fixed
+    name could be another pull's hard link to the blob, and writing it would truncate the
+    user's cache."""
+    tmp = dest.with_name(f".localr1-{secrets.token_hex(6)}.linking")
     try:
         try:
             os.link(cached, tmp)
-        except OSError:  # another disk, or no hard links here: copy, hashing as we go
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINK_ERRNOS:
+                on_event(Notice(f"cannot link {cached} ({one_line(exc)}); downloading instead"))
+                return None
             how = "copied from the Hugging Face cache"
             started("copy", 0)
             ok = _copy_hashed(cached, tmp, remote, on_event, cancel)
@@ -190,7 +200,7 @@ def _copy_hashed(source: Path, target: Path, remote: RemoteFile, on_event: OnEve
                  cancel: threading.Event | None) -> bool:
     digests = new_digests(remote)
     try:
-        with open(source, "rb") as src, open(target, "wb") as out:
+        with open(source, "rb") as src, open(target, "xb") as out:
             while block := src.read(8 << 20):
                 out.write(block)
                 for digest in digests:

@@ -23,12 +23,12 @@ from urllib.parse import quote
 
 from localr1.errors import LocalR1Error
 from localr1.models.safe_paths import join_inside, shown_name, unsafe_reason
+from localr1.models.split_names import is_later_part, part_names, without_split_suffix
 
 if TYPE_CHECKING:
     from localr1.models.catalog import Catalog, CatalogEntry
 
 DEFAULT_QUANT = "Q4_K_M"  # what `owner/repo` without a quant pulls, like Ollama's hf.co/ names
-SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 _QUANT_IN_NAME = re.compile(
     r"(?:^|[-_.])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32|MXFP4(?:_MOE)?|TQ\d_\d)$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -95,20 +95,10 @@ def local_path(models_dir: Path, repo: str, path_in_repo: str) -> Path:
 
 def quant_from_filename(filename: str) -> str | None:
     """'X-Q4_K_M.gguf' -> 'Q4_K_M'; split parts ('-00001-of-00002') are handled too."""
-    stem = SPLIT_PART.sub(".gguf", filename.rsplit("/", 1)[-1])
+    stem = without_split_suffix(filename.rsplit("/", 1)[-1])
     stem = stem[:-5] if stem.lower().endswith(".gguf") else stem
     match = _QUANT_IN_NAME.search(stem)
     return match[1].upper() if match else None
-
-
-def split_part_paths(path: str) -> tuple[str, ...]:
-    """All parts of a split GGUF named by any one of them; (path,) when it is not split."""
-    match = SPLIT_PART.search(path)
-    if not match:
-        return (path,)
-    count = int(match[2])
-    base = path[: match.start()]
-    return tuple(f"{base}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1))
 
 
 @dataclass(frozen=True)
@@ -166,6 +156,9 @@ class Deadline:
             raise self.expired()
         return left
 
+    def over(self) -> bool:
+        return time.monotonic() >= self._end
+
     def expired(self) -> HubError:
         return HubError(f"the Hub at {hub_endpoint()} did not answer within "
                         f"{self.seconds:g} s (set {HUB_TIMEOUT_ENV} to wait longer)")
@@ -189,7 +182,7 @@ def resolve_pull(reference: str, catalog: Catalog) -> PullPlan:
             f"unknown model '{reference}'{nearest_hint(reference, catalog.names())} "
             "(pull takes a catalog name, OWNER/REPO:QUANT or OWNER/REPO/FILE.gguf)")
     if hub_ref.file is not None:
-        paths = split_part_paths(hub_ref.file)
+        paths = part_names(hub_ref.file)
         quant = quant_from_filename(hub_ref.file)
         name = f"{hub_ref.repo}:{quant}" if quant else f"{hub_ref.repo}/{paths[0]}"
         return _plan(name, reference, hub_ref.repo, "main", quant, paths, None, deadline)
@@ -264,13 +257,15 @@ def _find_quant(repo: str, quant: str | None, deadline: Deadline) -> tuple[str, 
     if wanted not in by_quant:
         raise HubError(f"{repo} has no {wanted} GGUF (available: {available})")
     files = sorted(by_quant[wanted])
-    firsts = [p for p in files if not SPLIT_PART.search(p) or
-              SPLIT_PART.search(p)[1] == "00001"]
+    firsts = [p for p in files if not is_later_part(p)]
+    if not firsts:
+        raise HubError(f"{repo}: its {wanted} GGUF has later parts only "
+                       f"({', '.join(shown_name(p) for p in files[:3])}); the first is missing")
     if len(firsts) > 1:
         raise HubError(f"{repo} has several {wanted} files "
                        f"({', '.join(shown_name(p) for p in firsts)}); "
                        f"pull one as {repo}/FILE.gguf")
-    return wanted, split_part_paths(firsts[0])
+    return wanted, part_names(firsts[0])
 
 
 def _list_tree(repo: str, deadline: Deadline) -> list[dict[str, Any]]:
@@ -306,10 +301,12 @@ def _api_call(method: str, url: str, repo: str, revision: str, deadline: Deadlin
     import httpx2
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, validate_repo_id
 
+    read_timeout = REQUEST_READ_TIMEOUT
     try:
         validate_repo_id(repo)
         left = deadline.left()
-        timeout = httpx2.Timeout(min(left, REQUEST_READ_TIMEOUT), connect=min(left, 10.0))
+        read_timeout = min(left, REQUEST_READ_TIMEOUT)
+        timeout = httpx2.Timeout(read_timeout, connect=min(left, 10.0))
         with hub_session().stream(method, url, headers=build_hf_headers(), timeout=timeout,
                                   **request) as response:
             body = bytearray()
@@ -330,7 +327,10 @@ def _api_call(method: str, url: str, repo: str, revision: str, deadline: Deadlin
     except httpx2.ConnectTimeout as exc:
         raise unreachable(exc) from None
     except httpx2.TimeoutException:
-        raise deadline.expired() from None
+        if read_timeout < REQUEST_READ_TIMEOUT or deadline.over():
+            raise deadline.expired() from None  # the time left, not the read timeout, ran out
+        raise HubError(f"the Hub at {hub_endpoint()} stopped answering about {repo} (nothing "
+                       f"for {read_timeout:g} s); try again later") from None
     except Exception as exc:
         raise hub_error(exc, repo, revision=revision) from None
 
@@ -364,6 +364,13 @@ def hub_error(exc: BaseException, repo: str, path: str | None = None,
         return HubError(f"'{shown_name(repo)}' is not a valid Hub repository name")
     if isinstance(exc, httpx2.TransportError):
         return unreachable(exc)
+    where = f"{repo}/{shown_name(path)}" if path else repo
+    if isinstance(exc, httpx2.TooManyRedirects):
+        return HubError(f"the Hub sent too many redirects for {where} (a redirect loop?)")
+    if isinstance(exc, httpx2.DecodingError):
+        return HubError(f"the Hub's answer for {where} could not be decoded ({one_line(exc)})")
+    if isinstance(exc, httpx2.HTTPError | httpx2.StreamError | httpx2.InvalidURL):
+        return HubError(f"talking to the Hub about {where} failed: {one_line(exc)}")
     raise exc
 
 

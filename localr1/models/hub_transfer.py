@@ -12,7 +12,10 @@ process. Ours:
   connection refused): one line naming it, in a second, not half a minute of backoff;
 * hashes on a second thread while downloading (the bytes already in the `.part` first), and
   checks the Hub's sha256 before the file is moved into place; a mismatch deletes it;
-* holds an exclusive lock on the `.part`, so two pulls never append to one file.
+* refuses a body whose size is not the Hub's, and starts a file over at most once, so a
+  server that disagrees about the size cannot keep a pull going forever;
+* runs under an exclusive lock on the `.part` (only_pull_of, taken by hub_download), so two
+  pulls never append to one file.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ class Transfer:
             started, on_event, options, cancel
         self.writer: PartWriter | None = None
         self.reached = False  # a response came: connect failures from now on are drops
+        self.started_over = False  # a second disagreement about the size is not retried
 
     @property
     def on_disk(self) -> int:
@@ -119,15 +123,12 @@ class Transfer:
         return self.part.stat().st_size if self.part.is_file() else 0
 
     def run(self) -> DownloadedFile:
-        with _only_pull_of(self.part, self.remote.filename):
-            return self._run()
-
-    def _run(self) -> DownloadedFile:
+        """The download; the caller holds only_pull_of(part)."""
         size = self.remote.size
         if self.on_disk > size:
             self.on_event(Notice(f"{self.part.name} is larger than the file on the Hub; "
                                  "starting over"))
-            self.part.unlink()
+            os.truncate(self.part, 0)  # not unlink: our lock is on this very file
         have = self.on_disk
         self.started("resume" if have else "download", have)
         if size == 0:
@@ -166,6 +167,12 @@ class Transfer:
                 if self.on_disk < self.remote.size:
                     raise _Retry("the server closed the connection early")
             except _StartOver:
+                if self.started_over:
+                    raise DownloadError(
+                        f"{self.remote.filename}: the server keeps disagreeing about the "
+                        f"file's size ({format_bytes(self.remote.size)} on the Hub); giving "
+                        "up") from None
+                self.started_over = True
                 self.on_event(Notice("the server disagrees about the file's size; "
                                      "starting this file over"))
                 self._start_over()
@@ -242,6 +249,7 @@ class Transfer:
                 except Exception as exc:
                     raise hub_error(exc, self.remote.repo, self.remote.path,
                                     self.remote.revision) from None
+                self._check_size(response)
                 if start and status == 200:  # Range ignored: this body is the whole file
                     self.on_event(Notice("the server ignored the resume request (Range); "
                                          "starting this file over"))
@@ -257,6 +265,18 @@ class Transfer:
             raise hub_error(exc, self.remote.repo, self.remote.path,
                             self.remote.revision) from None
 
+    def _check_size(self, response) -> None:
+        """Refuse a body whose total size is not the Hub's: resuming it could never end."""
+        if response.status_code == 206:
+            total = _range_total(response.headers.get("Content-Range"))
+        else:
+            length = response.headers.get("Content-Length", "")
+            total = int(length) if length.isdigit() else None
+        if total is not None and total != self.remote.size:
+            raise DownloadError(
+                f"{self.remote.filename}: the server's file has {total:,} bytes but the Hub "
+                f"says {self.remote.size:,}; not downloading it")
+
     def _receive(self, response) -> None:
         """Write the body in `chunk_size` pieces, watching every network read for a stall;
         what arrived before a failure is written too, so a retry asks for less."""
@@ -271,11 +291,14 @@ class Transfer:
                 pending.append(piece)
                 size += len(piece)
                 if size >= self.options.chunk_size:
-                    self._write(b"".join(pending))
-                    pending, size = [], 0
+                    # Cleared before writing: a Ctrl+C inside _write must not have the
+                    # finally block append the same bytes a second time.
+                    data, pending, size = b"".join(pending), [], 0
+                    self._write(data)
         finally:
             if pending:
-                self._write(b"".join(pending))
+                data, pending = b"".join(pending), []
+                self._write(data)
 
     def _write(self, chunk: bytes) -> None:
         self.writer.write(chunk)
@@ -295,7 +318,7 @@ class Transfer:
 
 
 @contextlib.contextmanager
-def _only_pull_of(part: Path, filename: str) -> Iterator[None]:
+def only_pull_of(part: Path, filename: str) -> Iterator[None]:
     """Hold an exclusive lock on the `.part` file: two pulls appending to it would corrupt it."""
     try:
         import fcntl
@@ -320,4 +343,9 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _range_start(content_range: str | None) -> int | None:
     match = re.match(r"bytes (\d+)-", content_range or "")
+    return int(match[1]) if match else None
+
+
+def _range_total(content_range: str | None) -> int | None:
+    match = re.fullmatch(r"bytes \d+-\d+/(\d+)", (content_range or "").strip())
     return int(match[1]) if match else None

@@ -13,7 +13,6 @@ is deleted. What we write (pull, import --copy) stays inside the models folder.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 from localr1.errors import ModelFileError
 from localr1.models.gguf_header import GGUFHeader, read_gguf_header
 from localr1.models.registry import GGUFSummary, InstalledModel, ModelFile, ModelRegistry
+from localr1.models.split_names import is_later_part, model_name, part_paths
 
 if TYPE_CHECKING:
     from localr1.models.catalog import Catalog
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from localr1.models.pull_events import OnEvent
     from localr1.models.scanners import FoundModel
 
-_SPLIT_NAME = re.compile(r"^(?P<base>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
 
 
 def installed_models(models_dir: Path) -> dict[str, Path]:
@@ -144,18 +143,10 @@ def _load_catalog() -> Catalog:
 # ---- validation and registration -------------------------------------------------------------
 
 
-def split_parts(first: Path) -> tuple[Path, ...]:
-    """All parts of a split GGUF named `X-00001-of-0000N.gguf`; (first,) when not split."""
-    match = _SPLIT_NAME.match(first.stem) if first.suffix == ".gguf" else None
-    if not match:
-        return (first,)
-    count = int(match["count"])
-    return tuple(first.with_name(f"{match['base']}-{i:05d}-of-{count:05d}.gguf")
-                 for i in range(1, count + 1))
-
-
 def validate_gguf(parts: tuple[Path, ...]) -> list[GGUFHeader]:
     """Every part's header, checked: magic, version, tensor data within the file, split count."""
+    if not parts:
+        raise ModelFileError("no GGUF file given")
     for part in parts:
         if not os.path.lexists(part):
             raise ModelFileError(f"{part}: missing part of a split GGUF" if len(parts) > 1
@@ -187,7 +178,7 @@ def build_model(name: str, parts: tuple[Path, ...], *, source: str, owned: bool,
 def _folder_model(path: Path) -> InstalledModel | None:
     """An unregistered GGUF in the models folder, as a record (None if it is not valid)."""
     try:
-        return build_model(path.stem, split_parts(path), source="folder", owned=True)
+        return build_model(path.stem, part_paths(path), source="folder", owned=True)
     except ModelFileError:
         return None
 
@@ -201,8 +192,7 @@ def list_models(models_dir: Path, registry: ModelRegistry | None = None) -> list
     models = sorted(registry.models(), key=lambda m: m.name.lower())
     known = {_identity(f.path) for m in models for f in m.files}
     for path in installed_models(models_dir).values():
-        match = _SPLIT_NAME.match(path.stem)
-        if _identity(path) in known or (match and match["index"] != "00001"):
+        if _identity(path) in known or is_later_part(path.name):
             continue
         model = _folder_model(path)
         if model is not None:
@@ -222,13 +212,19 @@ class RemovedModel:
 
 def remove_model(model: InstalledModel, models_dir: Path,
                  registry: ModelRegistry | None = None) -> RemovedModel:
-    """Forget a model; delete its files too when they are our own copy."""
+    """Forget a model; delete its files too when they are our own copy: inside the models
+    folder (the registry's flag alone does not decide) and no other record's file."""
     from localr1.models.hub_download import remove_partial
+    from localr1.models.safe_paths import inside
 
     registry = registry or ModelRegistry.default()
     deleted = []
     if model.owned:
+        others = {_identity(f.path) for m in registry.models()
+                  if m.name.lower() != model.name.lower() for f in m.files}
         for f in model.files:
+            if not inside(models_dir, f.path.parent) or _identity(f.path) in others:
+                continue  # forgotten only
             if f.path.exists() or f.path.is_symlink():
                 f.path.unlink()
                 deleted.append(f.path)
@@ -260,9 +256,9 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
     path = Path(path).expanduser().absolute()
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder; import takes a .gguf file (or --scan)")
-    parts = split_parts(path)
+    parts = part_paths(path)
     validate_gguf(parts)
-    name = name or default_name(path)
+    name = name or model_name(path)
     if not name.strip() or any(c.isspace() for c in name):
         raise ModelFileError(f"'{name}' cannot be a model name (no spaces)")
     existing = registry.find_path(path)
@@ -288,12 +284,6 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
     model = build_model(name, parts, source="import", owned=copy)
     registry.put(model)
     return model
-
-
-def default_name(path: Path) -> str:
-    """The name a GGUF is imported under: its file stem, without a split part's suffix."""
-    match = _SPLIT_NAME.match(path.stem)
-    return match["base"] if match else path.stem
 
 
 @dataclass(frozen=True)
@@ -356,11 +346,11 @@ def installed_copy(plan: PullPlan, models_dir: Path,
                    registry: ModelRegistry | None = None) -> InstalledModel | None:
     """The registered, still-verified install of exactly these files, if there is one."""
     registry = registry or ModelRegistry.default()
-    model = registry.get(plan.name)
+    destinations = plan.local_paths(models_dir)
+    model = registry.get(plan.name) or registry.find_path(destinations[0])
     if model is None or len(model.files) != len(plan.files):
         return None
-    for have, remote, path in zip(model.files, plan.files, plan.local_paths(models_dir),
-                                  strict=True):
+    for have, remote, path in zip(model.files, plan.files, destinations, strict=True):
         if _identity(have.path) != _identity(path) or have.size != remote.size:
             return None
         if remote.sha256 and have.sha256 != remote.sha256:
@@ -382,11 +372,16 @@ def pull_model(plan: PullPlan, models_dir: Path, *, on_event: OnEvent | None = N
         return PullResult(existing, True, ())
     files = download(plan, models_dir, on_event or (lambda _event: None),
                      options or DownloadOptions(), cancel)
+    # The same files pulled under another name (`r1`, then `owner/repo:Q4_K_M`): one record.
+    same_files = registry.find_path(files[0].path)
+    name, catalog_name = (same_files.name, same_files.catalog_name) if same_files else \
+        (plan.name, None)
+    if plan.catalog_entry:
+        catalog_name = plan.catalog_entry.name
     try:
-        model = build_model(plan.name, tuple(f.path for f in files), source="pull", owned=True,
+        model = build_model(name, tuple(f.path for f in files), source="pull", owned=True,
                             sha256s=tuple(f.sha256 for f in files), verified=True,
-                            repo=plan.repo, catalog_name=plan.catalog_entry.name
-                            if plan.catalog_entry else None)
+                            repo=plan.repo, catalog_name=catalog_name)
     except ModelFileError as exc:
         # The Hub's checksum matched, but what it served is no usable GGUF: keep nothing.
         for f in files:

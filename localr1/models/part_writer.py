@@ -110,13 +110,19 @@ class PartWriter:
         self.size += len(chunk)
         if self.size - self._flushed >= WRITEBACK_EVERY:
             self._start_writeback()
+        if not self._put(chunk):
+            raise OSError(f"hashing {self.part} failed: {self._error}")
+
+    def _put(self, item: bytes | object) -> bool:
+        """Queue `item` for the hash thread; False when that thread has died (a full queue
+        would otherwise block forever)."""
         while True:
             try:
-                self._queue.put(chunk, timeout=0.5)
-                return
+                self._queue.put(item, timeout=0.5)
+                return True
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise OSError(f"hashing {self.part} failed: {self._error}") from None
+                    return False
 
     def _start_writeback(self) -> None:
         """Have the kernel start writing what we have so far (without waiting for it), so the
@@ -131,7 +137,7 @@ class PartWriter:
         """Flush to disk, wait for the hash to catch up, return (sha256, git sha1 or None)."""
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._queue.put(self._DONE)
+        self._put(self._DONE)
         self._thread.join()
         if self._error is not None:
             raise self._error

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from localr1.models.hf_cache import hf_cache_dir
 from localr1.models.hub_resolve import quant_from_filename
-from localr1.models.library import default_name, split_parts
 from localr1.models.safe_paths import inside, unsafe_reason
+from localr1.models.split_names import is_later_part, model_name, part_paths
 
-_SPLIT_NAME = re.compile(r"^(?P<base>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,9 +62,9 @@ def _scan_hf_cache() -> list[FoundModel]:
         for revision in repo.revisions:
             by_name = {f.file_name: f for f in revision.files}
             for cached in revision.files:
-                if not _is_model_gguf(cached.file_name) or _is_later_part(cached.file_name):
+                if not _is_model_gguf(cached.file_name) or is_later_part(cached.file_name):
                     continue
-                parts = split_parts(cached.file_path)
+                parts = part_paths(cached.file_path)
                 relative = cached.file_path.relative_to(revision.snapshot_path).as_posix()
                 if not _usable_name(relative) or not all(inside(cache, p) for p in parts):
                     continue  # a link out of the cache is not what huggingface_hub made
@@ -85,15 +84,15 @@ def _scan_lmstudio(home: Path) -> list[FoundModel]:
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*.gguf")):
-            if not _is_model_gguf(path.name) or _is_later_part(path.name):
+            if not _is_model_gguf(path.name) or is_later_part(path.name):
                 continue
             relative = path.relative_to(root).parts
             if not _usable_name("/".join(relative)):
                 continue
             repo = "/".join(relative[:2]) if len(relative) >= 3 else None
             name = _hub_style_name(repo, "/".join(relative[2:])) if repo else \
-                default_name(path)
-            parts = split_parts(path)
+                model_name(path)
+            parts = part_paths(path)
             found.append(FoundModel(name, parts, "lmstudio", (None,) * len(parts), repo))
     return _unique_names(found)
 
@@ -162,11 +161,6 @@ def _unique_names(found: list[FoundModel]) -> list[FoundModel]:
 def _is_model_gguf(filename: str) -> bool:
     # Vision projectors ship as GGUFs next to the model but are not models themselves.
     return filename.lower().endswith(".gguf") and not filename.lower().startswith("mmproj")
-
-
-def _is_later_part(filename: str) -> bool:
-    match = _SPLIT_NAME.match(filename.removesuffix(".gguf"))
-    return bool(match) and match["index"] != "00001"
 
 
 def _sha_from_blob(blob: Path) -> str | None:
