@@ -260,7 +260,12 @@ def test_json_text_escapes_what_json_dumps_leaves_raw() -> None:
 # ---- fuzzing the importer --------------------------------------------------------------------
 
 _ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=8)
+# Integers past a float's range too (10**400): comparing them with floats is fine, math.isfinite
+# is not.
+_HUGE = st.one_of(st.integers(min_value=2**1023, max_value=10**400),
+                  st.integers(min_value=-(10**400), max_value=-(2**1023)))
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                     _HUGE,
                      st.floats(allow_nan=True, allow_infinity=True), _ANY_TEXT,
                      st.sampled_from(["user", "assistant", "system", "stop", "incomplete",
                                       EXPORT_FORMAT, "localr1-conversations"]))
@@ -276,11 +281,12 @@ _MESSAGE_FIELDS = ["id", "parent_id", "role", "content", "reasoning", "thinking_
 @st.composite
 def _exports(draw) -> object:
     """Mostly well-formed exports with a few fields swapped for anything at all."""
-    conversation = {"title": "t", "params": {"temperature": 0.5}}
+    params = st.dictionaries(st.sampled_from(["temperature", "top_p", "seed", "top_k", "x"]),
+                             st.one_of(_HUGE, _SCALARS), max_size=3)
+    conversation = {"title": "t", "params": draw(st.one_of(st.just({"temperature": 0.5}),
+                                                           params))}
     for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
-        conversation[draw(st.sampled_from(_FIELDS))] = draw(st.one_of(
-            _SCALARS, _JSON, st.dictionaries(
-                st.sampled_from(["temperature", "top_p", "seed", "top_k", "x"]), _SCALARS)))
+        conversation[draw(st.sampled_from(_FIELDS))] = draw(st.one_of(_SCALARS, _JSON, params))
     messages = []
     for n in range(draw(st.integers(0, 4))):
         message = {"id": n + 1, "parent_id": n or None, "role": "user", "content": "hi"}

@@ -6,6 +6,7 @@ line and exit 1. Only click is imported here; the store loads inside each comman
 
 from __future__ import annotations
 
+import secrets
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +19,6 @@ from localr1.terminal_text import safe_echo
 
 if TYPE_CHECKING:
     from localr1.store import Conversation, Message, Store
-
-# Snippet highlight markers for the terminal: control characters no stored text keeps as is
-# (visible_controls escapes any in the text itself), swapped for bold afterwards.
-_MARK_START, _MARK_END = "\x02", "\x03"
 
 
 class HistoryFileError(LocalR1Error):
@@ -181,7 +178,11 @@ def search(query: tuple[str, ...], limit: int, reasoning: bool, json_output: boo
     Every word must match; quotes, AND/OR/NOT, * and the like are plain text.
     """
     text = " ".join(query)
-    highlight = ("**", "**") if json_output else (_MARK_START, _MARK_END)
+    # For the terminal: markers made for this call, so no stored text can fake a highlight;
+    # swapped for bold after the text around them is escaped.
+    token = secrets.token_hex(8)
+    marks = (f"<{token}>", f"</{token}>")
+    highlight = ("**", "**") if json_output else marks
     with _open_store(read_only=True) as store:
         hits = store.search(text, limit=limit, include_reasoning=reasoning,
                             highlight=highlight)
@@ -195,16 +196,17 @@ def search(query: tuple[str, ...], limit: int, reasoning: bool, json_output: boo
         where = "title" if hit.message_id is None else f"message {hit.message_id}, {hit.role}"
         click.echo(click.style(f"{hit.conversation_id:>5}", bold=True) + "  "
                    + _safe(hit.title or "(untitled)") + click.style(f"  ({where})", dim=True))
-        click.echo("       " + _highlighted(_one_line(hit.snippet)))
+        click.echo("       " + _highlighted(_one_line(hit.snippet), marks))
 
 
-def _highlighted(snippet: str) -> str:
+def _highlighted(snippet: str, marks: tuple[str, str]) -> str:
+    start, end = marks
     parts = []
-    for n, chunk in enumerate(snippet.split(_MARK_START)):
+    for n, chunk in enumerate(snippet.split(start)):
         if n == 0:
-            parts.append(_safe(chunk.replace(_MARK_END, "")))
+            parts.append(_safe(chunk.replace(end, "")))
             continue
-        match, _, rest = chunk.partition(_MARK_END)
+        match, _, rest = chunk.partition(end)
         parts.append(click.style(_safe(match), bold=True, fg="yellow") + _safe(rest))
     return "".join(parts)
 

@@ -79,6 +79,9 @@ def guarded(fn: Callable[[], T]) -> T:
         raise SqliteFailure(exc) from None
     except OverflowError:  # a Python int past SQLite's 64 bits (sqlite3 raises, not sqlite)
         raise StoreError("a number is too large for the history database (over 2^63)") from None
+    except UnicodeEncodeError:  # text with lone surrogates (undecodable argv bytes, say)
+        raise StoreError("text that is not valid UTF-8 cannot be saved in the history "
+                         "database") from None
 
 
 def is_locked(exc: sqlite3.OperationalError) -> bool:

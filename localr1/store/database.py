@@ -90,6 +90,7 @@ class Store:
         try:
             created = create_private_file(path)
             db = store._db()
+            store._read(store._check_not_newer)  # before WAL: not on someone else's file
             retry_locked(lambda: db.execute("PRAGMA journal_mode = WAL").fetchall())
             store._write(store._migrate)
             if created:
@@ -117,6 +118,11 @@ class Store:
     def _check_not_newer(self, db: Database) -> list[str]:
         """The migrations applied to `db`; StoreError if this code does not know one."""
         applied = [m.name for m in MIGRATIONS.applied(db)]
+        if not applied and db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "AND name != ?", (MIGRATIONS.migrations_table,)).fetchone():
+            raise StoreError("not a localr1 history database (it holds another program's "
+                             "tables)")
         known = set(known_migrations())
         unknown = [name for name in applied if name not in known]
         if unknown:
@@ -297,6 +303,30 @@ class Store:
         sampling, rest = split_params(params)
         assignments = ", ".join(f"{name} = ?" for name in ("params", *sampling))
         self._update_conversation(id, assignments, (rest, *sampling.values()))
+
+    def update_settings(self, id: int, params: dict[str, Any], *,
+                        system_prompt: str | None | EllipsisType = ...) -> None:
+        """Change the `params` named (the others stay, as `run` or `batch --save` stored
+        them; None = the default) and, unless `...`, the system prompt: one transaction, all
+        or nothing. StoreError for a value `localr1 run` would refuse."""
+        if isinstance(system_prompt, str) and not system_prompt.strip():
+            system_prompt = None
+
+        def update(db: Database) -> None:
+            cursor = db.execute("SELECT * FROM conversations WHERE id = ?", (id,))
+            row = cursor.fetchone()
+            if row is None:
+                raise StoreError(f"no conversation {id}")
+            keys = [d[0] for d in cursor.description]
+            merged = {**merged_params(dict(zip(keys, row, strict=True))), **params}
+            sampling, rest = split_params(merged)
+            columns = {"params": rest, **sampling}
+            if system_prompt is not ...:
+                columns["system_prompt"] = system_prompt
+            db.execute(f"UPDATE conversations SET {', '.join(f'{n} = ?' for n in columns)} "
+                       "WHERE id = ?", (*columns.values(), id))
+
+        self._write(update)
 
     def delete_conversation(self, id: int) -> None:
         """Deletes the conversation and (by cascade) all its messages."""

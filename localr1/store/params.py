@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from localr1.store.errors import StoreError
@@ -35,11 +36,26 @@ def sampling_value(name: str, value: Any) -> int | float | None:
         return None
     if kind is int and not isinstance(value, int):
         return None
-    if not math.isfinite(value) or value < low or value > high:
+    # isfinite only for floats: it raises OverflowError for an int past a float's range.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value < low or value > high:
         return None
     if (low_open and value == low) or (high_open and value == high):
         return None
     return kind(value)
+
+
+def turn_sampling(stored: Mapping[str, Any],
+                  chosen: Mapping[str, Any]) -> dict[str, int | float | None]:
+    """The sampling settings of a conversation's next turn, for `GenerationParams.from_settings`:
+    each one as `chosen` for this turn (a flag typed, an F4 field; None = not chosen), else as
+    the conversation stored it (`Conversation.params`), else None: the config's."""
+    values: dict[str, int | float | None] = {}
+    for name in SAMPLING:
+        value = chosen.get(name)
+        values[name] = value if value is not None else stored.get(name)
+    return values
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, int | float | None], str]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import heapq
 import math
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from localr1.store.errors import StoreError
 from localr1.store.params import is_valid_text, shown, split_params
-from localr1.store.records import FINISH_REASONS, MAX_ID, ROLES, utc_now
+from localr1.store.records import FINISH_REASONS, MAX_ID, ROLES, title_from_text, utc_now
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -107,6 +108,12 @@ def _check_export(data: Any, number: int | None) -> tuple[dict[str, Any], list[d
         if value is None and key in ("params", "created_at", "updated_at", "pinned",
                                      "archived"):
             raise fail(f"conversation field {key!r} cannot be null")
+        if key in ("created_at", "updated_at"):
+            value = _utc_timestamp(value)
+            if value is None:
+                raise fail(f"conversation field {key!r} is not an ISO-8601 time")
+        elif key == "title" and value is not None:
+            value = title_from_text(value, limit=10_000)  # one line, as `rename` makes it
         conv[key] = value
     try:
         conv["sampling"], conv["params"] = split_params(conv["params"])
@@ -139,6 +146,10 @@ def _check_export(data: Any, number: int | None) -> tuple[dict[str, Any], list[d
                 raise fail(f"message {old_id}: {key!r} has the wrong type")
             if value is None and key in ("content", "created_at"):
                 raise fail(f"message {old_id}: {key!r} cannot be null")
+            if key == "created_at":
+                value = _utc_timestamp(value)
+                if value is None:
+                    raise fail(f"message {old_id}: 'created_at' is not an ISO-8601 time")
             clean[key] = value
         if clean.get("finish_reason") is not None and clean["finish_reason"] not in \
                 FINISH_REASONS:
@@ -172,6 +183,18 @@ def _check_export(data: Any, number: int | None) -> tuple[dict[str, Any], list[d
     if conv["active_leaf_id"] is not None and conv["active_leaf_id"] not in by_id:
         raise fail(f"active_leaf_id {conv['active_leaf_id']} is not one of its messages")
     return conv, ordered
+
+
+def _utc_timestamp(text: str) -> str | None:
+    """`text` as the store writes times (UTC ISO-8601, so they sort right); None if it is not
+    a time. One without a zone is taken as UTC, as the store's own are."""
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError):  # OverflowError: shifted past year 1 or 9999
+        return None
 
 
 def _is_type(value: Any, types: tuple[type, ...]) -> bool:

@@ -73,7 +73,9 @@ class LocalR1App(App[None]):
         self.loading_label: str | None = None
         self.conversation_id = conversation_id
         self.new_chat_settings: ConversationSettings | None = None
-        self._settings_overrides: dict[int, ConversationSettings] = {}
+        # F4 settings whose save failed, by (id, created_at): ids of deleted conversations
+        # are reused, and must not pass these on.
+        self._unsaved_settings: dict[tuple[int, str], ConversationSettings] = {}
         self.chat: ChatScreen | None = None
 
     @property
@@ -218,19 +220,30 @@ class LocalR1App(App[None]):
     def settings_for(self, conversation: Conversation | None) -> ConversationSettings:
         if conversation is None:
             return self.new_chat_settings or ConversationSettings.defaults(self.settings)
-        override = self._settings_overrides.get(conversation.id)
-        return override or ConversationSettings.of(conversation, self.settings)
+        unsaved = self._unsaved_settings.get((conversation.id, conversation.created_at))
+        return unsaved or ConversationSettings.of(conversation, self.settings)
 
     def save_conversation_settings(self, conversation: Conversation,
-                                   settings: ConversationSettings) -> None:
-        """Saved with the conversation (kept in memory too, for when the write fails)."""
+                                   settings: ConversationSettings) -> bool:
+        """Save what F4 edits with the conversation (its other params stay); False after
+        telling the user the write failed: the settings then hold in memory until a save
+        works or the conversation is deleted."""
+        system_prompt = settings.system_prompt \
+            if settings.system_prompt != conversation.system_prompt else ...
         try:
-            self.store.set_params(conversation.id, settings.params_json(self.settings))
-            if settings.system_prompt != conversation.system_prompt:
-                self.store.set_system_prompt(conversation.id, settings.system_prompt)
+            self.store.update_settings(conversation.id, settings.edited_params(),
+                                       system_prompt=system_prompt)
         except LocalR1Error as exc:
-            self.notify(str(exc), severity="error", markup=False)
-        self._settings_overrides[conversation.id] = settings
+            self.notify(f"Settings not saved: {exc}", severity="error", markup=False)
+            self._unsaved_settings[conversation.id, conversation.created_at] = settings
+            return False
+        self._unsaved_settings.pop((conversation.id, conversation.created_at), None)
+        return True
+
+    def forget_conversation_settings(self, conversation_id: int) -> None:
+        """After a delete."""
+        for key in [key for key in self._unsaved_settings if key[0] == conversation_id]:
+            del self._unsaved_settings[key]
 
     def set_keep_reasoning_open(self, value: bool) -> None:
         self.prefs.keep_reasoning_open = value

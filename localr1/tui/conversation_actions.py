@@ -92,6 +92,7 @@ class ConversationActions:
             except LocalR1Error as exc:
                 self._failed(exc)
                 return
+            screen.app.forget_conversation_settings(conversation.id)
             await screen.open_conversation(None)
             screen.sidebar.reload(None)
             screen.notify("Deleted.")
@@ -155,11 +156,14 @@ class ConversationActions:
             app.set_keep_reasoning_open(result.keep_reasoning_open)
         screen.conv_settings = result.settings
         if screen.conversation is None:
-            app.new_chat_settings = result.settings
+            app.new_chat_settings = result.settings  # saved with the chat's first message
+            saved = True
         else:
-            app.save_conversation_settings(screen.conversation, result.settings)
+            saved = app.save_conversation_settings(screen.conversation, result.settings)
+            screen.refresh_conversation()  # its system prompt, for the next save's compare
         if app.model_path is not None and app.engine_config is not None and screen.turn is None:
             wanted = result.settings.engine_config(app.model_path, app.settings)
             if wanted != app.engine_config:
                 app.load_model(wanted)
-        screen.notify("Settings saved.")
+        if saved:  # a failed save has told the user already
+            screen.notify("Settings saved.")

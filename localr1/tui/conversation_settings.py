@@ -1,8 +1,9 @@
 """One conversation's settings: what its turns are generated with, saved with it (params).
 
 Generation settings (temperature, top_p, max tokens, reasoning budget) go into
-`GenerationParams` for each turn; load settings (context size, GPU layers) decide how the
-engine is loaded, so changing them reloads the model. The system prompt is the conversation's
+`GenerationParams` for each turn, over the conversation's other stored sampling settings
+(`run --top-k`, `--seed`); load settings (context size, GPU layers) decide how the engine is
+loaded, so changing them reloads the model. The system prompt is the conversation's
 own column. Defaults come from the user's config (`Settings`).
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from localr1.config import Settings
 from localr1.store import Conversation
+from localr1.store.params import SAMPLING, turn_sampling
 
 if TYPE_CHECKING:
     from localr1.engine.llama_engine import EngineConfig, GenerationParams
@@ -28,6 +30,9 @@ class ConversationSettings:
     context_size: int
     gpu_layers: int | str
     system_prompt: str | None = None
+    # The conversation's stored sampling settings (top_k, min_p, seed from `run`, ...): F4
+    # does not show them, but its turns use them, as `run -c` does.
+    stored_sampling: tuple[tuple[str, int | float], ...] = ()
 
     @classmethod
     def defaults(cls, settings: Settings) -> ConversationSettings:
@@ -49,14 +54,23 @@ class ConversationSettings:
         gpu = params.get("gpu_layers")
         if gpu == "auto" or (isinstance(gpu, int) and not isinstance(gpu, bool)):
             values["gpu_layers"] = gpu
-        return replace(base, system_prompt=conversation.system_prompt, **values)
+        stored = tuple((name, value) for name, value in params.items() if name in SAMPLING)
+        return replace(base, system_prompt=conversation.system_prompt, stored_sampling=stored,
+                       **values)
 
     def generation_params(self, settings: Settings) -> GenerationParams:
         from localr1.engine.llama_engine import GenerationParams
 
-        return GenerationParams.from_settings(
-            settings, temperature=self.temperature, top_p=self.top_p,
-            max_tokens=self.max_tokens, reasoning_budget=self.reasoning_budget)
+        return GenerationParams.from_settings(settings, **turn_sampling(
+            dict(self.stored_sampling),
+            {"temperature": self.temperature, "top_p": self.top_p,
+             "max_tokens": self.max_tokens, "reasoning_budget": self.reasoning_budget}))
+
+    def edited_params(self) -> dict[str, Any]:
+        """The params F4 edits, for `Store.update_settings` (which keeps the others)."""
+        return {"temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "reasoning_budget": self.reasoning_budget,
+                "context_size": self.context_size, "gpu_layers": self.gpu_layers}
 
     def engine_config(self, model_path: Path, settings: Settings) -> EngineConfig:
         from localr1.engine.llama_engine import EngineConfig

@@ -1,6 +1,7 @@
 """The conversation the chat screen shows, and every store operation the screen does on it.
 
-The screen never calls the store itself: it asks this class, which keeps the open conversation
+The chat screen asks this class for its store operations (the sidebar lists and searches,
+and the app saves F4 settings, on their own); it keeps the open conversation
 (`current`; None for a new chat not saved yet) and reads its active branch, its versions
 (regenerations and edits are siblings in the store's message tree) and its title. Methods
 raise LocalR1Error (one line, for a notification) unless they say otherwise.
