@@ -9,6 +9,7 @@ time as separate sequences of one llama.cpp context (see parallel_decoder).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import zlib
@@ -154,11 +155,16 @@ def checked_params(params: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+_PLACEHOLDER = re.compile(r"\{(input|id)\}")
+
+
 def _apply_template(template: str | None, text: str, item_id: Any) -> str:
-    # Plain replacement (not str.format): prompts are full of braces.
+    # One pass, not str.format (prompts are full of braces) nor two replaces (a prompt that
+    # holds "{id}" must keep it).
     if template is None:
         return text
-    return template.replace("{input}", text).replace("{id}", str(item_id))
+    values = {"input": text, "id": str(item_id)}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
 def _check_unique_ids(items: list[BatchItem]) -> None:

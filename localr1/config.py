@@ -154,14 +154,15 @@ _INT32_MAX = 2**31 - 1
 # NaN fails every comparison, so each float check below rejects it; inf is caught by the bounds.
 _RANGES: dict[str, tuple[Any, str]] = {
     "context_size": (lambda v: 64 <= v <= _INT32_MAX, f"must be 64 to {_INT32_MAX}"),
-    "max_tokens": (lambda v: 0 <= v <= _INT32_MAX, "must be 0 (no limit) or more"),
+    "max_tokens": (lambda v: 0 <= v <= _INT32_MAX, f"must be 0 (no limit) to {_INT32_MAX}"),
     "threads": (lambda v: 0 <= v <= 4096, "must be 0 (auto) to 4096"),
-    "reasoning_budget": (lambda v: -1 <= v <= _INT32_MAX, "must be -1 or more"),
+    "reasoning_budget": (lambda v: -1 <= v <= _INT32_MAX,
+                         f"must be -1 (no limit) to {_INT32_MAX}"),
     "gpu_layers": (lambda v: v == "auto" or (isinstance(v, int) and -1 <= v <= _INT32_MAX),
                    "must be \"auto\", -1 (all layers), 0 (CPU only) or a layer count"),
     "temperature": (lambda v: 0.0 <= v <= 5.0, "must be between 0 and 5"),
     "top_p": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
-    "top_k": (lambda v: 0 <= v <= _INT32_MAX, "must be 0 (off) or more"),
+    "top_k": (lambda v: 0 <= v <= _INT32_MAX, f"must be 0 (off) to {_INT32_MAX}"),
     "min_p": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     "repeat_penalty": (lambda v: 0.0 < v < math.inf, "must be positive and finite"),
     "seed": (lambda v: 0 <= v <= 2**32 - 1, "must be 0 to 4294967295"),
@@ -178,9 +179,12 @@ def checked_setting(key: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, expected):
         names = " or ".join(t.__name__ for t in expected)
         raise ValueError(f"must be {names}, not {type(value).__name__}")
-    if float in expected:
-        value = float(value)
     test, problem = _RANGES.get(key, (lambda _: True, ""))
+    if float in expected:
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too big for a float is out of every float range
+            raise ValueError(problem) from None
     if not test(value):
         raise ValueError(problem)
     return value

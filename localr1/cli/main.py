@@ -21,7 +21,12 @@ class _OneLineError(click.ClickException):
     """One of our errors: "Error: ..." on one line, exit 1, through the terminal-safe path."""
 
     def show(self, file=None) -> None:
-        safe_echo(f"Error: {self.format_message()}", err=True)
+        safe_echo(f"Error: {_one_line(self.format_message())}", err=True)
+
+
+def _one_line(message: str) -> str:
+    """`message` with its line breaks written as visible \\r and \\n: an error stays one line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class _Group(click.Group):
@@ -72,8 +77,11 @@ def _exit_code() -> int:
     except _OneLineError as exc:
         exc.show()
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:  # a group without its subcommand
+        exc.show()  # the help, where and with the exit code click gives it
+        return exc.exit_code
     except click.ClickException as exc:  # usage errors included: one line, not click's three
-        message = " ".join(exc.format_message().split("\n"))
+        message = _one_line(exc.format_message())
         ctx = exc.ctx if isinstance(exc, click.UsageError) else None
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         safe_echo(f"Error: {message}{hint}", err=True)
@@ -182,12 +190,14 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model, record_use
     from localr1.paths import app_paths
+    from localr1.store.params import turn_sampling
 
     if no_log and (continue_latest or cid is not None):
         raise click.UsageError("--no-log cannot continue a conversation (-c/--cid)")
     if continue_latest and cid is not None:
         raise click.UsageError("use either -c or --cid, not both")
-    text = _prompt_text(prompt)
+    text = _prompt_text(tuple(_argv_text(word) for word in prompt))
+    system = _argv_text(system) if system is not None else None
     paths = app_paths()
     settings = load_settings(paths.config_file)
     store = None if no_log else _open_store(paths)
@@ -200,9 +210,10 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
         chosen.path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
         chat_format=chat_format))
     chosen = record_use(chosen, paths.models_dir, remember=store is not None)
-    params = GenerationParams.from_settings(settings, **_sampling(conversation, dict(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        seed=seed, reasoning_budget=reasoning_budget)))
+    params = GenerationParams.from_settings(settings, **turn_sampling(
+        conversation.params if conversation is not None else {}, _typed(dict(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            min_p=min_p, seed=seed, reasoning_budget=reasoning_budget))))
     printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output)
     with engine:
         for event in _turn_events(engine, store, conversation, chosen.name, text, system,
@@ -228,13 +239,20 @@ def _open_store(paths):
     return Store.open(paths.db_path)
 
 
-def _sampling(conversation, flags: dict) -> dict:
-    """A continued conversation's stored sampling settings; a flag typed on the command
-    line wins."""
+def _typed(flags: dict) -> dict:
+    """The flags typed on the command line: they win over a continued conversation's."""
     source = click.get_current_context().get_parameter_source
-    stored = conversation.params if conversation is not None else {}
-    return {name: value if source(name) is click.core.ParameterSource.COMMANDLINE
-            else stored.get(name) for name, value in flags.items()}
+    return {name: value for name, value in flags.items()
+            if source(name) is click.core.ParameterSource.COMMANDLINE}
+
+
+def _argv_text(text: str) -> str:
+    """Command-line text whose bytes were not UTF-8 (Python keeps them as lone surrogates,
+    which nothing can encode) with U+FFFD for those bytes, as piped text gets."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _conversation_to_continue(store, continue_latest: bool, cid: int | None):

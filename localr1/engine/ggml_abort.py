@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 
 from localr1.engine import saved_stderr
+from localr1.terminal_text import visible_controls
 
 ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)  # ggml_abort_callback_t
 
@@ -48,7 +49,8 @@ def abort_line(message: str) -> str:
     where, sep, rest = message.partition(": ")
     if sep and ":" in where:  # "/build/.../src/llama-model.cpp:1328": keep the file name
         message = os.path.basename(where) + sep + rest
-    return "localr1: llama.cpp aborted: " + " ".join(message.split())
+    # The message can quote model data (a tensor or key name): no escape sequence may act.
+    return "localr1: llama.cpp aborted: " + visible_controls(" ".join(message.split()))
 
 
 def ggml_function(name: str):

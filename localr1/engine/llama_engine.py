@@ -239,7 +239,7 @@ class Engine:
         budget = params.reasoning_budget
         if budget == 0 and turn.splitter.in_reasoning:
             yield from self._close_think(turn, context, decoder)
-        restart = True
+        restart = self._has_room(turn)
         while restart:
             restart = False
             tokens = llm.generate(context, top_k=params.top_k, top_p=params.top_p,
@@ -268,12 +268,21 @@ class Engine:
                     # let the model answer. generate() reuses the KV cache for `context`.
                     tokens.close()
                     yield from self._close_think(turn, context, decoder)
-                    restart = True
+                    restart = self._has_room(turn)
                     break
             else:
                 # The generator stopped on its own: the cancel criterion, or a full context.
                 turn.finish_reason = "cancelled" if cancel.is_set() else "length"
         yield from turn.finish(decoder.decode(b"", final=True))
+
+    @staticmethod
+    def _has_room(turn: TurnAccount) -> bool:
+        """Whether another token fits; if not, the turn ends "length" (decoding past the
+        context would fail in llama.cpp)."""
+        if turn.completion_tokens < turn.max_new:
+            return True
+        turn.finish_reason = "length"
+        return False
 
     def _close_think(self, turn: TurnAccount, context: list[int], decoder) -> Iterator[Event]:
         injected = self.think_close_tokens

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,9 @@ from localr1.engine.llama_engine import THINK_CLOSE, Engine
 from localr1.engine.prompting import PreparedPrompt
 from localr1.engine.reasoning import ThinkSplitter
 from localr1.engine.turn_account import TurnAccount, max_new_tokens
-from localr1.errors import GenerationError
+from localr1.errors import GenerationError, InsufficientMemoryError
+from localr1.models import hardware
+from localr1.sizes import format_bytes
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class ParallelDecoder:
         self.n_parallel = n_parallel
         self.n_ctx_per_sequence = n_ctx_per_sequence
         self.n_batch = max(n_batch, n_parallel)
+        _check_kv_memory(engine, n_parallel, n_ctx_per_sequence)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx_per_sequence * n_parallel
         params.n_batch = self.n_batch
@@ -107,6 +110,14 @@ class ParallelDecoder:
         queue = iter(requests)
         free_ids = deque(range(self.n_parallel))
         slots: dict[int, _Slot] = {}
+        try:
+            self._run(queue, free_ids, slots, sink, cancel)
+        finally:  # after a failed decode: the samplers of the sequences still in flight
+            for slot in slots.values():
+                self._llama_cpp.llama_sampler_free(slot.sampler)
+
+    def _run(self, queue: Iterator[SequenceRequest], free_ids: deque[int],
+             slots: dict[int, _Slot], sink: EventSink, cancel: threading.Event) -> None:
         exhausted = False
         while True:
             while free_ids and not exhausted:
@@ -225,6 +236,8 @@ class ParallelDecoder:
         budget = slot.request.params.reasoning_budget
         if 0 <= budget <= account.reasoning_tokens and account.splitter.in_reasoning:
             self._inject_close(slot, sink)
+            if account.completion_tokens >= account.max_new:  # </think> filled the context
+                return "length"
         return None
 
     def _inject_close(self, slot: _Slot, sink: EventSink | None) -> None:
@@ -254,3 +267,19 @@ class ParallelDecoder:
         self._llama_cpp.llama_sampler_free(slot.sampler)
         account.finish_reason = reason
         sink(slot.request.key, TurnDone(account.stats(slot.request.prompt.dropped_messages)))
+
+
+def _check_kv_memory(engine: Engine, n_parallel: int, n_ctx_per_sequence: int) -> None:
+    """Refuse, in one line, a KV cache of n_parallel x n_ctx that RAM cannot hold (llama.cpp
+    would allocate it and swap, or be killed). The model's weights are loaded already."""
+    n_ctx = n_parallel * n_ctx_per_sequence
+    estimate = hardware.estimate_memory(engine.header, n_ctx)
+    total_layers = estimate.n_layers + 1
+    on_cpu_share = 1.0 - min(engine.info.gpu_layers, total_layers) / total_layers
+    needed = int(estimate.kv_cache_bytes * on_cpu_share) + estimate.overhead_bytes
+    available = hardware.memory_info().available_bytes
+    if needed > available:
+        raise InsufficientMemoryError(
+            f"{n_parallel} sequences of {n_ctx_per_sequence} tokens need about "
+            f"{format_bytes(needed)} of RAM for their KV cache but only "
+            f"{format_bytes(available)} is free; use a smaller --ctx or --parallel")
