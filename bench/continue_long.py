@@ -38,7 +38,7 @@ def text(rng: random.Random, n_words: int) -> str:
 
 
 def fill(db_path: Path, n_messages: int) -> int:
-    from localr1.store.database import Store
+    from localr1.store import Store
 
     rng = random.Random(1)
     with Store.open(db_path) as store:
@@ -73,7 +73,7 @@ def first_token_seconds(cmd: list[str], env: dict[str, str]) -> float:
 def in_process_figures(model: Path, db_path: Path, cid: int) -> None:
     from localr1.engine.events import GenerationParams
     from localr1.engine.llama_engine import Engine, EngineConfig
-    from localr1.store.database import Store
+    from localr1.store import Store
 
     with Store.open(db_path) as store:
         started = time.perf_counter()
