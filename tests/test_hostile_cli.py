@@ -9,7 +9,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import pty
 import random
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from click.testing import CliRunner
 
 from localr1.cli.main import cli, main
 from tests.fixtures import scripted_models as sm
+from tests.test_run_cli import run_in_terminal
 
 EXIT_CODES = {0, 1, 2, 130}
 
@@ -245,23 +245,9 @@ def test_batch_to_dev_stdout_through_a_pipe_does_not_hang(r1_prefill_model):
 def test_batch_to_dev_stdout_on_a_terminal_does_not_hang(tmp_path, r1_prefill_model):
     source = tmp_path / "in.txt"
     source.write_text("hi\n")
-    leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "localr1", "batch", "-m",
-                                str(r1_prefill_model), "-o", "/dev/stdout", str(source)],
-                               stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert process.wait(timeout=120) == 0
-    os.close(leader)
-    assert b'"answer": "Hello!' in b"".join(chunks)
+    code, shown = run_in_terminal("batch", "-m", r1_prefill_model, "-o", "/dev/stdout", source)
+    assert code == 0
+    assert '"answer": "Hello!' in shown
 
 
 def test_ctrl_c_exits_130_with_one_line(r1_loop_model):
