@@ -9,7 +9,14 @@ from typing import Literal
 
 from localr1.config import Settings
 
-FinishReason = Literal["stop", "length", "cancelled"]
+# "repetition": the engine stopped a turn that kept repeating the same span of tokens.
+FinishReason = Literal["stop", "length", "cancelled", "repetition"]
+
+# Reasoning effort as OpenAI's API and the F4 screen name it, as reasoning budgets in tokens
+# (-1 = unlimited, 0 = answer without thinking). R1 distills think ~1-8k tokens on hard
+# problems: "low" keeps a short look, "medium" most problems, "high" never cuts the trace.
+REASONING_EFFORT_BUDGETS: dict[str, int] = {"none": 0, "low": 1024, "medium": 4096,
+                                             "high": -1}
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,8 @@ class GenerationParams:
     max_tokens: int = 0  # 0 = until the context window is full
     seed: int | None = None
     reasoning_budget: int = -1  # -1 = unlimited; 0 = answer without thinking
+    # A llama.cpp GBNF grammar the answer (after </think>) must follow (see answer_format)
+    answer_grammar: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> GenerationParams:
