@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from localr1.chat_message import ChatMessage
+from localr1.engine.chat_engine import ChatEngine
 from localr1.engine.events import AnswerDelta, Event, GenerationParams, ReasoningDelta, TurnDone
-from localr1.engine.llama_engine import Engine
 from localr1.store import Conversation, Store
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class TurnSaved:
 class ChatSession:
     """A loaded engine and the store it logs to, under one model label."""
 
-    def __init__(self, store: Store, engine: Engine, model_label: str) -> None:
+    def __init__(self, store: Store, engine: ChatEngine, model_label: str) -> None:
         self.store = store
         self.engine = engine
         self.model_label = model_label
@@ -44,23 +44,27 @@ class ChatSession:
                          params: GenerationParams | None = None) -> Conversation:
         return self.store.create_conversation(
             model=self.model_label, system_prompt=system_prompt,
-            params=asdict(params) if params else None)
+            params=params.recorded() if params else None)
 
     def send(self, conversation_id: int, text: str, params: GenerationParams, *,
              parent_id: int | None | EllipsisType = ...,
-             cancel: threading.Event | None = None) -> Iterator[Event | TurnSaved]:
+             cancel: threading.Event | None = None,
+             answer_now: threading.Event | None = None) -> Iterator[Event | TurnSaved]:
         """Add the user's message (after `parent_id`: default the active leaf; an edit passes
-        the edited message's parent) and stream the answer."""
+        the edited message's parent) and stream the answer. `answer_now`, set while the model
+        thinks, ends its thinking and lets it answer (see Engine.stream_chat)."""
         user = self.store.add_message(conversation_id, "user", text, parent_id=parent_id)
-        yield from self._answer(conversation_id, user.id, params, cancel)
+        yield from self._answer(conversation_id, user.id, params, cancel, answer_now)
 
     def regenerate(self, conversation_id: int, user_message_id: int, params: GenerationParams,
-                   *, cancel: threading.Event | None = None) -> Iterator[Event | TurnSaved]:
+                   *, cancel: threading.Event | None = None,
+                   answer_now: threading.Event | None = None) -> Iterator[Event | TurnSaved]:
         """A new answer to an existing user message; the old answer stays as an alternate."""
-        yield from self._answer(conversation_id, user_message_id, params, cancel)
+        yield from self._answer(conversation_id, user_message_id, params, cancel, answer_now)
 
     def _answer(self, conversation_id: int, user_message_id: int, params: GenerationParams,
-                cancel: threading.Event | None) -> Iterator[Event | TurnSaved]:
+                cancel: threading.Event | None,
+                answer_now: threading.Event | None) -> Iterator[Event | TurnSaved]:
         conversation = self.store.conversation(conversation_id)
         if conversation.model != self.model_label:  # switched models: it goes on with this one
             self.store.set_model(conversation_id, self.model_label)
@@ -70,6 +74,7 @@ class ChatSession:
                                              model=self.model_label)
         with writer:  # leaving early records 'cancelled' (Ctrl+C) or 'error'
             for event in self.engine.stream_chat(history, params, cancel=cancel,
+                                                 answer_now=answer_now,
                                                  system_prompt=conversation.system_prompt):
                 _write(writer, event)
                 yield event

@@ -26,7 +26,15 @@ class ChatFormatError(LocalR1Error):
 
 
 class ContextOverflowError(LocalR1Error):
-    """Even the newest user message alone does not fit in the context window."""
+    """Even the newest user message alone does not fit in the context window. The figures,
+    when known, let each front end word its own advice (CLI flags, or the app's settings)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None,
+                 n_ctx: int | None = None, reserved_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        self.reserved_tokens = reserved_tokens
 
 
 class GenerationError(LocalR1Error):

@@ -97,7 +97,8 @@ def test_no_room_at_all_finishes_length_at_once(loop_engine):
     turn = TurnAccount(prompt_tokens=len(prompt.tokens), cached_prompt_tokens=0,
                        splitter=ThinkSplitter(start_in_reasoning=True), max_new=0, started=0.0)
     assert room > 0
-    list(loop_engine._generate(turn, prompt.tokens, GenerationParams(), threading.Event()))
+    list(loop_engine._generate(turn, prompt.tokens, GenerationParams(), threading.Event(),
+                               threading.Event()))
     assert turn.finish_reason == "length" and turn.completion_tokens == 0
 
 

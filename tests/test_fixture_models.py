@@ -133,7 +133,10 @@ def test_script_is_consistent(variant: str) -> None:
     spec = VARIANTS[variant]
     check_variant(spec)
     assert decode_pieces(spec.pieces) == spec.output
-    if spec.loop:
+    if spec.loop and spec.loop_from:  # thinks once, then repeats its answer forever
+        assert spec.output.count("</think>") == 1 and EOS_ID not in spec.script
+        assert spec.output.endswith(spec.answer)
+    elif spec.loop:
         assert spec.answer is None
         assert THINK_CLOSE_ID not in spec.script and EOS_ID not in spec.script
     else:

@@ -24,6 +24,7 @@ from localr1.engine.events import (
     TurnDone,
     TurnStats,
 )
+from localr1.engine.turn_notes import turn_notes
 from localr1.terminal_text import visible_controls
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
@@ -66,8 +67,10 @@ class TurnPrinter:
     """Consumes engine events; streams them unless `json_output`, and keeps the whole turn."""
 
     def __init__(self, *, show_reasoning: bool = True, json_output: bool = False,
-                 stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+                 stdout: TextIO | None = None, stderr: TextIO | None = None,
+                 remote: bool = False) -> None:
         self.show_reasoning = show_reasoning and not json_output
+        self.remote = remote  # --endpoint: notes do not suggest --ctx
         self.json_output = json_output
         self.out = _Stream(stdout or sys.stdout)
         self.err = _Stream(stderr or sys.stderr)
@@ -113,11 +116,8 @@ class TurnPrinter:
         if not self.json_output:
             self.err.end_line()
             self.out.end_line()
-        if stats.reasoning_truncated:
-            self.note("the reasoning was cut off before the model finished thinking")
-        if stats.finish_reason == "length":
-            self.note(f"stopped after {stats.completion_tokens} tokens (max tokens or context "
-                      "window reached); raise --max-tokens or --ctx for a longer reply")
+        for text in turn_notes(stats, remote=self.remote):
+            self.note(text)
 
     def as_json(self, model: str, conversation_id: int | None = None,
                 params: GenerationParams | None = None) -> str:
@@ -148,5 +148,5 @@ class TurnPrinter:
             "dropped_messages": data["dropped_messages"],
             "notes": self.result.notes,
             # The sampling this turn used: flags, else the conversation's, else config.toml.
-            "params": asdict(params) if params is not None else None,
+            "params": params.recorded() if params is not None else None,
         }, ensure_ascii=False)

@@ -8,10 +8,14 @@ grammar from the first token would forbid the think block and break R1). Built f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from localr1.errors import LocalR1Error
+
+# A schema is a few kB; the cap keeps `--json-schema /dev/zero` from filling the memory.
+MAX_SCHEMA_BYTES = 1 << 20
 
 
 class AnswerFormatError(LocalR1Error):
@@ -31,10 +35,46 @@ def json_schema_grammar(schema: Any) -> str:
 
     if not isinstance(schema, dict):
         raise AnswerFormatError("the JSON schema must be an object")
+    _check_repetition_bounds(schema)
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises bare Exceptions and KeyErrors
         raise AnswerFormatError(f"unsupported JSON schema: {exc}") from None
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise AnswerFormatError(f"the JSON schema makes a grammar over "
+                                f"{MAX_GRAMMAR_CHARS >> 20} MB; simplify it")
+    return grammar
+
+
+# The converter writes a bounded repetition out item by item: {"minItems": 10**8} would be GBs.
+MAX_REPETITION = 4096
+MAX_GRAMMAR_CHARS = 1 << 20
+_BOUND_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties",
+               "maxProperties", "minContains", "maxContains")
+_PATTERN_BOUND = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def _check_repetition_bounds(node: Any) -> None:
+    """AnswerFormatError for a count bound (or a regex {m,n}) over MAX_REPETITION."""
+    stack = [node]
+    while stack:  # not recursive: a deeply nested schema must not overflow the stack
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in _BOUND_KEYS and isinstance(value, int | float) and \
+                    value > MAX_REPETITION:
+                raise AnswerFormatError(f"the JSON schema's {key} {value} is over "
+                                        f"{MAX_REPETITION}")
+            if key == "pattern" and isinstance(value, str):
+                for match in _PATTERN_BOUND.finditer(value):
+                    if any(n and int(n) > MAX_REPETITION for n in match.groups()):
+                        raise AnswerFormatError(f"the JSON schema's pattern repeats more "
+                                                f"than {MAX_REPETITION} times")
+            stack.append(value)
 
 
 def grammar_for_response_format(response_format: Any) -> str | None:
@@ -57,12 +97,20 @@ def grammar_for_response_format(response_format: Any) -> str | None:
                             "(use text, json_object or json_schema)")
 
 
-def grammar_for_schema_file(path: Path) -> str:
-    """The grammar for a JSON schema file (`--json-schema FILE`)."""
+def read_schema_file(path: Path) -> dict[str, Any]:
+    """A JSON schema file (`--json-schema FILE`), read once and capped (a FIFO or
+    `<(echo ...)` can be read only once); AnswerFormatError (one line) when it is no schema."""
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            data = file.read(MAX_SCHEMA_BYTES + 1)
     except OSError as exc:
         raise AnswerFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SCHEMA_BYTES:
+        raise AnswerFormatError(f"{path} is over {MAX_SCHEMA_BYTES >> 20} MB: not a JSON schema")
+    try:
+        schema = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnswerFormatError(f"{path} is not a JSON schema: {exc}") from None
-    return json_schema_grammar(schema)
+    if not isinstance(schema, dict):
+        raise AnswerFormatError(f"{path}: the JSON schema must be an object")
+    return schema

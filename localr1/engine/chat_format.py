@@ -10,7 +10,7 @@ would be llama-2).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -62,6 +62,7 @@ class ChatFormat:
     source: str  # human readable: where the format came from
     render: Callable[[list[ModelMessage]], RenderedPrompt]
     is_r1: bool  # DeepSeek-R1 family: fold system prompts into the first user turn
+    note: str | None = None  # set when the format was guessed: users should know, and can fix
 
 
 def resolve_chat_format(llm: llama_cpp.Llama, requested: str | None,
@@ -76,16 +77,24 @@ def resolve_chat_format(llm: llama_cpp.Llama, requested: str | None,
                           is_r1)
     for marker, name in _VOCAB_MARKERS:
         if _has_single_token(llm, marker):
-            return _named_format(name, bos, eos, is_r1,
-                                 source=f"no template in the GGUF; {marker} in its vocabulary")
+            chosen = _named_format(name, bos, eos, is_r1,
+                                   source=f"no template in the GGUF; {marker} in its vocabulary")
+            return replace(chosen, note=_guessed_note(name, "its vocabulary"))
     if architecture in _ARCH_FORMATS:
-        return _named_format(_ARCH_FORMATS[architecture], bos, eos, is_r1,
-                             source=f"no template in the GGUF; architecture {architecture}")
+        name = _ARCH_FORMATS[architecture]
+        chosen = _named_format(name, bos, eos, is_r1,
+                               source=f"no template in the GGUF; architecture {architecture}")
+        return replace(chosen, note=_guessed_note(name, f"its architecture ({architecture})"))
     raise ChatFormatError(
         f"{model_label} has no chat template and its prompt format cannot be inferred "
         f"(architecture {architecture or 'unknown'}); pass --chat-format NAME, "
         f"one of: {', '.join(KNOWN_FORMATS)}"
     )
+
+
+def _guessed_note(name: str, evidence: str) -> str:
+    return (f"no chat template in the GGUF; the prompt format '{name}' was guessed from "
+            f"{evidence}: pick one with --chat-format")
 
 
 def _named_format(name: str, bos: str, eos: str, is_r1: bool, source: str) -> ChatFormat:

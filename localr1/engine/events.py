@@ -3,7 +3,7 @@ model's description, the events of a streaming turn and its final statistics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,11 @@ class GenerationParams:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def recorded(self) -> dict:
+        """The params as records and conversations keep them: the sampling settings, not the
+        answer grammar (pages of GBNF, and it belongs to one turn, not to the conversation)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "answer_grammar"}
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -59,6 +64,10 @@ class ModelInfo:
     threads: int
     chat_format: str
     is_r1: bool
+    # One line when the prompt format was guessed (no template of its own, no --chat-format).
+    format_note: str | None = None
+    # False when a running turn's thinking cannot be ended early (a model on a server).
+    can_answer_now: bool = True
 
     @property
     def placement(self) -> str:
@@ -99,6 +108,7 @@ class TurnStats:
     tokens_per_second: float  # generated tokens / time from first to last token
     thinking_seconds: float | None  # first token to the end of the think block
     total_seconds: float
+    answered_early: bool = False  # the user ended the thinking ("answer now")
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class Engine:
             n_layers=header.block_count or 0, n_ctx=llm.n_ctx(),
             n_ctx_train=header.context_length, gpu_layers=gpu_layers, backend=backend.name,
             threads=threads, chat_format=chat_format.source, is_r1=chat_format.is_r1,
+            format_note=chat_format.note,
         )
         return cls(llm, header, info, chat_format)
 
@@ -198,14 +199,20 @@ class Engine:
 
     def stream_chat(self, history: Sequence[ChatMessage], params: GenerationParams,
                     *, system_prompt: str | None = None,
-                    cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Stream one assistant turn for `history` (which ends with the user's message)."""
+                    cancel: threading.Event | None = None,
+                    answer_now: threading.Event | None = None) -> Iterator[Event]:
+        """Stream one assistant turn for `history` (which ends with the user's message).
+
+        `cancel` stops the turn; `answer_now`, set while the model thinks, ends the think block
+        at once (as the reasoning budget does) and lets the model answer."""
         with self._lock:
-            yield from self._stream_chat(history, params, system_prompt, cancel or
-                                         threading.Event())
+            yield from self._stream_chat(history, params, system_prompt,
+                                         cancel or threading.Event(),
+                                         answer_now or threading.Event())
 
     def _stream_chat(self, history: Sequence[ChatMessage], params: GenerationParams,
-                     system_prompt: str | None, cancel: threading.Event) -> Iterator[Event]:
+                     system_prompt: str | None, cancel: threading.Event,
+                     answer_now: threading.Event) -> Iterator[Event]:
         started = time.perf_counter()
         prompt = self.prepare_prompt(history, params, system_prompt=system_prompt)
         if prompt.dropped_messages:
@@ -222,13 +229,13 @@ class Engine:
             turn.finish_reason = "cancelled"
         else:
             try:
-                yield from self._generate(turn, prompt.tokens, params, cancel)
+                yield from self._generate(turn, prompt.tokens, params, cancel, answer_now)
             except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
                 raise GenerationError(f"llama.cpp failed while generating: {exc}") from None
         yield TurnDone(turn.stats(prompt.dropped_messages))
 
     def _generate(self, turn: TurnAccount, prompt: list[int], params: GenerationParams,
-                  cancel: threading.Event) -> Iterator[Event]:
+                  cancel: threading.Event, answer_now: threading.Event) -> Iterator[Event]:
         import llama_cpp
 
         llm = self._llm
@@ -237,15 +244,19 @@ class Engine:
         stop_on_cancel = llama_cpp.StoppingCriteriaList([lambda _ids, _logits: cancel.is_set()])
         context = list(prompt)  # prompt + generated (+ injected) tokens, for a restart
         budget = params.reasoning_budget
-        if budget == 0 and turn.splitter.in_reasoning:
-            yield from self._close_think(turn, context, decoder)
+        if turn.splitter.in_reasoning and (budget == 0 or answer_now.is_set()):
+            yield from self._close_think(turn, context, decoder, early=answer_now.is_set())
+        grammar = None  # the answer's grammar, from the first token after </think>
         restart = self._has_room(turn)
         while restart:
             restart = False
+            if grammar is None and self._grammar_applies(turn, params):
+                grammar = llama_cpp.LlamaGrammar.from_string(params.answer_grammar,
+                                                             verbose=False)
             tokens = llm.generate(context, top_k=params.top_k, top_p=params.top_p,
                                   min_p=params.min_p, temp=params.temperature,
                                   repeat_penalty=params.repeat_penalty,
-                                  stopping_criteria=stop_on_cancel)
+                                  stopping_criteria=stop_on_cancel, grammar=grammar)
             for token in tokens:
                 now = time.perf_counter()
                 if turn.first_token_at is None:
@@ -260,20 +271,36 @@ class Engine:
                 if cancel.is_set():
                     turn.finish_reason = "cancelled"
                     break
+                if turn.is_looping(token):
+                    turn.finish_reason = "repetition"
+                    break
                 if turn.completion_tokens >= turn.max_new:
                     turn.finish_reason = "length"
                     break
-                if 0 <= budget <= turn.reasoning_tokens and turn.splitter.in_reasoning:
+                early = answer_now.is_set()
+                if turn.splitter.in_reasoning and (early or 0 <= budget <= turn.reasoning_tokens):
                     # Like llama.cpp's --reasoning-budget: end the think block ourselves and
                     # let the model answer. generate() reuses the KV cache for `context`.
                     tokens.close()
-                    yield from self._close_think(turn, context, decoder)
+                    yield from self._close_think(turn, context, decoder, early=early)
                     restart = self._has_room(turn)
+                    break
+                if grammar is None and self._grammar_applies(turn, params):
+                    tokens.close()  # the model closed its think block: the answer follows
+                    restart = True  # the grammar from the next token on
                     break
             else:
                 # The generator stopped on its own: the cancel criterion, or a full context.
                 turn.finish_reason = "cancelled" if cancel.is_set() else "length"
         yield from turn.finish(decoder.decode(b"", final=True))
+
+    def _grammar_applies(self, turn: TurnAccount, params: GenerationParams) -> bool:
+        """Whether the answer has begun, so `params.answer_grammar` constrains what follows:
+        after the think block; from the first token for a model that does not think (an R1
+        model opens its own think block with the original template)."""
+        splitter = turn.splitter
+        return params.answer_grammar is not None and not splitter.in_reasoning and (
+            splitter.saw_reasoning or not self.chat_format.is_r1)
 
     @staticmethod
     def _has_room(turn: TurnAccount) -> bool:
@@ -284,11 +311,17 @@ class Engine:
         turn.finish_reason = "length"
         return False
 
-    def _close_think(self, turn: TurnAccount, context: list[int], decoder) -> Iterator[Event]:
+    def _close_think(self, turn: TurnAccount, context: list[int], decoder, *,
+                     early: bool = False) -> Iterator[Event]:
+        """End the think block: the reasoning budget is spent, or (`early`) the user asked
+        for the answer now."""
         injected = self.think_close_tokens
         context.extend(injected)
         turn.max_new -= len(injected)  # they take context room like generated tokens
-        turn.reasoning_budget_hit = True
+        if early:
+            turn.answered_early = True
+        else:
+            turn.reasoning_budget_hit = True
         yield from turn.feed(decoder.decode(b"") + THINK_CLOSE, time.perf_counter(),
                              generated=False)
 

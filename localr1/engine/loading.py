@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from localr1.engine import ggml_abort, llama_log
 from localr1.engine.chat_template import check_gguf_templates
-from localr1.errors import InsufficientMemoryError, ModelLoadError
+from localr1.errors import ChatFormatError, InsufficientMemoryError, ModelLoadError
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader
 from localr1.sizes import format_bytes
@@ -62,3 +62,28 @@ def load_llama(path: Path, header: GGUFHeader, n_ctx: int, gpu_layers: int,
             f"{path.name}: llama.cpp could not load this model (architecture '{arch}'): "
             f"{detail.strip()}{hint}"
         ) from None
+
+
+def format_note_from_file(path: Path, header: GGUFHeader,
+                          requested: str | None = None) -> str | None:
+    """What `ModelInfo.format_note` will say for this GGUF, without loading its weights (for
+    `show`): only its vocabulary goes into llama.cpp, to see which format it suggests.
+    `requested`: the chat_format `run` would ask for (config.toml's), resolved the same way."""
+    if header.chat_template and not requested:
+        return None
+    import llama_cpp
+
+    from localr1.engine.chat_format import resolve_chat_format
+
+    llama_log.install()
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except ValueError:
+        llama_log.take_errors()
+        return None  # `run` would say why it cannot load it
+    try:
+        return resolve_chat_format(llm, requested, header.architecture, path.name).note
+    except ChatFormatError as exc:
+        return str(exc)  # no format to guess: the note says what to pass instead
+    finally:
+        llm.close()

@@ -97,7 +97,8 @@ def fit_to_context(history: Sequence[ChatMessage], system_prompt: str | None, fo
         raise ContextOverflowError(
             f"the prompt needs {len(best.tokens)} tokens but the context window of {n_ctx} "
             f"leaves {budget} after reserving {reserve_tokens} for the reply; "
-            "shorten the prompt, lower --max-tokens or raise --ctx")
+            "shorten the prompt, lower --max-tokens or raise --ctx",
+            prompt_tokens=len(best.tokens), n_ctx=n_ctx, reserved_tokens=reserve_tokens)
     starts = _turn_starts_with_estimates(history, len(best.tokens), count_message)
     fitting: list[int] = []  # turn starts whose estimate fits, newest first
     for start, estimate in starts:

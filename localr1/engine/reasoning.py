@@ -61,7 +61,7 @@ def _partial_tag_len(buf: str, tag: str) -> int:
 
 
 @dataclass
-class _Trimmer:
+class StreamTrimmer:
     """Streaming strip(): drops leading whitespace, holds trailing whitespace.
 
     Held whitespace is released only in front of later non-whitespace of the same kind, so
@@ -102,7 +102,8 @@ class ThinkSplitter:
         self._may_swallow_open = start_in_reasoning
         self._saw_reasoning = start_in_reasoning
         self._buf = ""  # undecided tail: a possible partial tag (or leading whitespace)
-        self._trim: dict[Kind, _Trimmer] = {"reasoning": _Trimmer(), "answer": _Trimmer()}
+        self._trim: dict[Kind, StreamTrimmer] = {"reasoning": StreamTrimmer(),
+                                                 "answer": StreamTrimmer()}
         self._finished = False
         self._truncated = False
 

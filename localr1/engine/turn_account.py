@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from localr1.engine.events import AnswerDelta, Event, FinishReason, ReasoningDelta, TurnStats
 from localr1.engine.reasoning import SplitDelta, ThinkSplitter
+from localr1.engine.repetition import RepetitionDetector
 
 
 @dataclass
@@ -26,7 +27,9 @@ class TurnAccount:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     reasoning_budget_hit: bool = False
+    answered_early: bool = False
     finish_reason: FinishReason = "length"
+    repetition: RepetitionDetector = field(default_factory=RepetitionDetector)
 
     def feed(self, text: str, now: float, generated: bool = True) -> Iterator[Event]:
         was_reasoning = self.splitter.in_reasoning
@@ -36,6 +39,11 @@ class TurnAccount:
         if was_reasoning and not self.splitter.in_reasoning:
             self.thinking_ended_at = now
         yield from delta_events(deltas)
+
+    def is_looping(self, token: int) -> bool:
+        """Whether the output, with this generated token, keeps repeating one span: the
+        turn then ends with finish reason "repetition" (what was written stays)."""
+        return self.repetition.feed(token)
 
     def finish(self, tail: str) -> Iterator[Event]:
         yield from delta_events(self.splitter.feed(tail) + self.splitter.finish())
@@ -55,6 +63,7 @@ class TurnAccount:
             reasoning_tokens=self.reasoning_tokens if self.splitter.saw_reasoning else 0,
             reasoning_truncated=self.splitter.reasoning_truncated,
             reasoning_budget_hit=self.reasoning_budget_hit,
+            answered_early=self.answered_early,
             dropped_messages=dropped_messages,
             ttft_seconds=(first - self.started) if first else end - self.started,
             tokens_per_second=_rate(self.completion_tokens, generating),

@@ -10,7 +10,8 @@ from localr1.chat_message import ChatMessage
 from localr1.store.errors import StoreError
 
 ROLES = ("system", "user", "assistant")
-FINISH_REASONS = ("stop", "length", "cancelled", "error", "incomplete")
+# "repetition": the engine stopped a turn that kept repeating itself (schema m004).
+FINISH_REASONS = ("stop", "length", "cancelled", "error", "incomplete", "repetition")
 TITLE_LENGTH = 60
 MAX_ID = 2**63 - 1  # SQLite's largest INTEGER
 

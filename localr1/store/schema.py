@@ -116,6 +116,26 @@ def m003_trigram_search(db: Database) -> None:
         """)
 
 
+@MIGRATIONS()
+def m004_finish_reason_repetition(db: Database) -> None:
+    # A turn the engine stopped because the model kept repeating itself. SQLite cannot alter
+    # a CHECK constraint; its documented way to loosen one edits the table's SQL in place
+    # (no rows change, so no table rebuild: a rebuild would fire ON DELETE actions here).
+    old = "'error', 'incomplete')"
+    new = "'error', 'incomplete', 'repetition')"
+    (version,) = db.execute("PRAGMA schema_version").fetchone()
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) "
+                   "WHERE type = 'table' AND name = 'messages'", (old, new))
+        db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+    problems = db.execute("PRAGMA integrity_check").fetchall()
+    if problems != [("ok",)]:
+        raise RuntimeError(f"integrity check failed after m004: {problems[:3]}")
+
+
 def known_migrations() -> list[str]:
     """The names of the migrations this code knows, oldest first."""
     db = Database(memory=True)
