@@ -109,11 +109,22 @@ def _probe_llama_cpp(model: Path) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def _memory_bandwidth_gb_s() -> str:
+    """This machine's memory bandwidth, measured once for the whole run: every test has a
+    fresh home whose cache would otherwise measure again (256 MB copies, each time)."""
+    from localr1.models import bandwidth
+
+    return f"{bandwidth.measure_bandwidth(2) / bandwidth.GB_S:.3f}"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_localr1_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_localr1_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           _memory_bandwidth_gb_s: str) -> Path:
     """Point the app at a per-test home (not created yet) so tests never touch real files."""
     home = tmp_path / "localr1-home"
     monkeypatch.setenv("LOCALR1_HOME", str(home))
+    monkeypatch.setenv("LOCALR1_MEMORY_BANDWIDTH", _memory_bandwidth_gb_s)
     for name in ("LOCALR1_MODELS", "LOCALR1_DB", "LOCALR1_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

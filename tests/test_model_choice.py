@@ -159,7 +159,7 @@ def test_pull_prints_the_planned_fit(monkeypatch, tmp_path, r1_prefill_model, fi
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0] == \
         f"r1:1.5b-q4_k_m: {R1_REPO} (45.0 MB); {planned.fit_text}"
-    assert planned.fit_text.startswith(fit.CPU_IN_RAM + " (needs about ")
+    assert planned.fit_text.startswith(fit.CPU_IN_RAM + ", speed unknown (needs about ")
 
 
 # ---- 3. list rows and 4. ages --------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_list_rows_come_from_listing(r1_prefill_model, fixed_machine):
         ("mine", "F16", "19.5M", fit.CPU_IN_RAM, "5 min ago")
     line = localr1("list").stdout.splitlines()[1]
     assert line.split()[:4] == ["mine", "45.0", "MB", "F16"]
-    assert line.endswith(f"{fit.CPU_IN_RAM}  5 min ago")
+    assert line.endswith(f"{fit.CPU_IN_RAM}  {row.speed}  5 min ago")
     assert json.loads(localr1("list", "--json").stdout) == [row.to_json()]
     catalog = catalog_rows(load_catalog(), app_paths().models_dir)
     assert json.loads(localr1("list", "--available", "--json").stdout) == \

@@ -75,7 +75,7 @@ def test_pull_list_show_rm(server, r1_prefill_model):
 
     listed = localr1("list")
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["NAME", "SIZE", "QUANT", "PARAMS", "FIT", "LAST", "USED"]
+    assert header.split() == ["NAME", "SIZE", "QUANT", "PARAMS", "FIT", "SPEED", "LAST", "USED"]
     assert row.split()[:5] == ["r1:1.5b-q4_k_m", "45.0", "MB", "F16", "19.5M"]
     assert row.endswith("never")
     (entry,) = json.loads(localr1("list", "--json").stdout)
@@ -164,7 +164,7 @@ def test_list_available_marks_installed_and_recommended(server, monkeypatch):
     assert rows["r1:70b-q4_k_m"]["fit"] == fit.PARTIAL_OFFLOAD
     assert rows["r1:70b-q8_0"]["fit"] == fit.TOO_LARGE
     table = localr1("list", "--available").stdout.splitlines()
-    assert table[0].split() == ["NAME", "SIZE", "PARAMS", "FIT", "NOTES"]
+    assert table[0].split() == ["NAME", "SIZE", "PARAMS", "FIT", "SPEED", "NOTES"]
     line = next(t for t in table if t.startswith("r1:1.5b-q4_k_m "))
     assert "= r1:1.5b, r1  installed" in line
     assert next(t for t in table if t.startswith("r1:7b-q8_0 ")).endswith("recommended")

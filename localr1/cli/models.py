@@ -48,6 +48,8 @@ def pull(name: str, yes: bool) -> None:
 
     planned = plan_pull(name)
     plan = planned.plan
+    if planned.warning:
+        safe_echo(f"localr1: warning: {planned.warning}", err=True)
     safe_echo(f"{plan.name}: {plan.repo} ({planned.size_text}); {planned.fit_text}", err=True)
     if planned.too_large_question and not yes:
         safe_confirm(planned.too_large_question, err=True)
@@ -75,7 +77,7 @@ def pull(name: str, yes: bool) -> None:
 @click.command("list")
 @click.option("--available", is_flag=True,
               help="List the catalog instead, marking what is installed and the quant "
-                   "recommended for this machine.")
+                   "recommended for this machine (fits, and decodes at a usable speed).")
 @click.option("--json", "json_output", is_flag=True, help="Print JSON.")
 def list_models(available: bool, json_output: bool) -> None:
     """List installed models (or, with --available, the catalog)."""
@@ -88,14 +90,14 @@ def list_models(available: bool, json_output: bool) -> None:
         from localr1.models.catalog import load_catalog
 
         rows = catalog_rows(load_catalog(), models_dir)
-        headers = ("NAME", "SIZE", "PARAMS", "FIT", "NOTES")
+        headers = ("NAME", "SIZE", "PARAMS", "FIT", "SPEED", "NOTES")
         cells = [(r.name, format_bytes(r.entry.size_bytes), r.entry.model.parameters,
-                  r.fit.label, r.notes) for r in rows]
+                  r.fit.label, r.fit.speed_text, r.notes) for r in rows]
     else:
         rows = installed_rows(models_dir)
-        headers = ("NAME", "SIZE", "QUANT", "PARAMS", "FIT", "LAST USED")
+        headers = ("NAME", "SIZE", "QUANT", "PARAMS", "FIT", "SPEED", "LAST USED")
         cells = [(r.name, format_bytes(r.model.size_bytes), r.quant, r.parameters, r.fit_label,
-                  r.last_used) for r in rows]
+                  r.speed, r.last_used) for r in rows]
     if json_output:
         click.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
@@ -160,9 +162,17 @@ def _raise_unknown(name: str, models_dir: Path, catalog: Catalog) -> NoReturn:
 
 def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Catalog,
                       compute_hash: bool) -> dict[str, Any]:
-    from localr1.models.fit import assess, default_context_size, shape_from_summary
+    from localr1.config import load_settings
+    from localr1.engine.loading import format_note_from_file
+    from localr1.models.fit import (
+        assess,
+        default_context_size,
+        label_and_speed,
+        shape_from_summary,
+    )
     from localr1.models.gguf_header import read_gguf_header
     from localr1.models.listing import format_parameters, last_used_text
+    from localr1.paths import app_paths
     from localr1.sizes import format_bytes
 
     header = read_gguf_header(model.path)
@@ -187,7 +197,11 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
         "context_length": summary.context_length,
         "layers": summary.n_layers,
         "chat_template": chat_template_variant(header.chat_template),
-        "fit": f"{fit.label} (about {format_bytes(fit.needed_bytes)} at {fit.n_ctx} tokens)",
+        # None: its template, or the config's chat_format (as `run` resolves it)
+        "prompt_format": format_note_from_file(
+            model.path, header, load_settings(app_paths().config_file).chat_format),
+        "fit": f"{label_and_speed(fit)} (about {format_bytes(fit.needed_bytes)} at "
+               f"{fit.n_ctx} tokens)",
         "last_used": last_used_text(model.last_used),
     }
     if entry is not None:
@@ -197,7 +211,7 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
 
 
 def _catalog_fields(entry: CatalogEntry, machine: MachineMemory) -> dict[str, Any]:
-    from localr1.models.fit import assess_catalog_entry, default_context_size
+    from localr1.models.fit import assess_catalog_entry, default_context_size, label_and_speed
     from localr1.sizes import format_bytes
 
     model = entry.model
@@ -216,7 +230,8 @@ def _catalog_fields(entry: CatalogEntry, machine: MachineMemory) -> dict[str, An
         "context_length": model.context_length,
         "license": model.license,
         "sampling": f"temperature {model.temperature}, top_p {model.top_p}",
-        "fit": f"{fit.label} (about {format_bytes(fit.needed_bytes)} at {fit.n_ctx} tokens)",
+        "fit": f"{label_and_speed(fit)} (about {format_bytes(fit.needed_bytes)} at "
+               f"{fit.n_ctx} tokens)",
     }
 
 

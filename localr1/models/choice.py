@@ -79,6 +79,20 @@ def record_use(chosen: ChosenModel, models_dir: Path, *, remember: bool) -> Chos
     return chosen
 
 
+def use_typed_model(text: str, models_dir: Path, *, name: str | None = None) -> ChosenModel:
+    """What the TUI's path boxes (welcome screen, import dialog) do with what the user typed:
+    resolve it like --model (a model name or a path, `library.names_a_path`), register a GGUF
+    given by its path in place (under `name` when given, else its file name) and mark it
+    used. Raises LocalR1Error (one line)."""
+    chosen = name_model(resolve_model(text, models_dir), models_dir)
+    if name and not chosen.installed:
+        model = import_model(chosen.path, name, models_dir=models_dir)
+        chosen = ChosenModel(model.path, model.name, True)
+    elif name and chosen.name != name:
+        raise ModelFileError(f"{chosen.path} is already installed as '{chosen.name}'")
+    return record_use(chosen, models_dir, remember=True)
+
+
 def _register(chosen: ChosenModel, models_dir: Path) -> ChosenModel:
     # A model name has no whitespace (import refuses it); a file name may.
     name = _free_name("-".join(chosen.name.split()) or "model", models_dir)

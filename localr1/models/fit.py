@@ -9,6 +9,11 @@ from the GGUF header or from models.toml) + llama.cpp's compute allowance (hardw
                                 the backend cannot tell its free VRAM);
 * "CPU only, fits in RAM"       no GPU offload (or no VRAM to speak of), needed <= available RAM;
 * "too large for this machine"  otherwise.
+
+Beside the label, the estimated decode speed (`speed.py`), from the weights and the memory
+bandwidth of where they run; recommendations skip models too slow to be usable. Split between
+a GPU of unknown bandwidth and the CPU, the CPU-held part alone bounds the speed: the estimate
+is then an upper one ("up to ~1.2 tok/s"), still enough to rule out a model far too slow.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from localr1.models import hardware
+from localr1.models import hardware, speed
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
@@ -38,6 +43,8 @@ class MachineMemory:
     can_offload: bool
     vram_free: int | None  # None: a GPU backend that cannot tell (e.g. Vulkan)
     backend: str
+    cpu_bandwidth: float | None = None  # bytes/s; None: unknown (no speed estimates)
+    gpu_bandwidth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,19 +67,38 @@ class Fit:
     kv_cache_bytes: int
     n_ctx: int
     kv_known: bool
+    tokens_per_second: float | None = None  # estimated decode speed; None: unknown
+    speed_is_upper_bound: bool = False  # from the CPU-held part alone (GPU bandwidth unknown)
 
     @property
     def runs(self) -> bool:
         return self.label != TOO_LARGE
 
+    @property
+    def speed_text(self) -> str:
+        """"~12 tok/s", "up to ~1.2 tok/s" or "speed unknown"; "-" for a model too large."""
+        if not self.runs:
+            return "-"
+        text = speed.speed_text(self.tokens_per_second)
+        return f"up to {text}" if self.speed_is_upper_bound else text
 
-def machine_memory() -> MachineMemory:
-    """This machine now (imports llama_cpp to learn the GPU backend)."""
+
+def machine_memory(*, with_cpu_bandwidth: bool = True) -> MachineMemory:
+    """This machine now (imports llama_cpp to learn the GPU backend; the CPU's bandwidth is
+    measured on the first call on a machine, then read from the cache folder; without
+    `with_cpu_bandwidth` it is left unknown)."""
+    from localr1.config import load_settings
+    from localr1.models import bandwidth
+    from localr1.paths import app_paths
+
     memory = hardware.memory_info()
     backend = hardware.backend_info()
     vram = hardware.gpu_free_bytes(backend) if backend.can_offload else 0
+    paths = app_paths()
+    threads = load_settings(paths.config_file).threads or None  # as llama.cpp will decode
+    cpu = bandwidth.cpu_bandwidth(paths.cache_dir, threads) if with_cpu_bandwidth else None
     return MachineMemory(memory.available_bytes, memory.total_bytes, backend.can_offload, vram,
-                         backend.name)
+                         backend.name, cpu, bandwidth.gpu_bandwidth(backend))
 
 
 def shape_from_summary(summary: GGUFSummary) -> ModelShape:
@@ -96,8 +122,31 @@ def assess(shape: ModelShape, n_ctx: int, machine: MachineMemory) -> Fit:
     else:
         estimate = hardware.estimate_memory_for_shape(shape.weights_bytes, 1, 0, 0, 0, n_ctx)
     needed = estimate.total_bytes
-    return Fit(_label(needed, machine), needed, shape.weights_bytes, estimate.kv_cache_bytes,
-               n_ctx, kv_known)
+    label = _label(needed, machine)
+    tokens_per_second, upper_bound = _tokens_per_second(label, shape.weights_bytes, needed,
+                                                        machine)
+    return Fit(label, needed, shape.weights_bytes, estimate.kv_cache_bytes, n_ctx, kv_known,
+               tokens_per_second, upper_bound)
+
+
+def _tokens_per_second(label: str, weights: int, needed: int,
+                       machine: MachineMemory) -> tuple[float | None, bool]:
+    """The estimate, and whether it is only an upper bound."""
+    cpu, gpu = machine.cpu_bandwidth, machine.gpu_bandwidth
+    if label == FITS_IN_GPU:
+        return (speed.decode_tokens_per_second(weights, gpu) if gpu else None), False
+    if label == PARTIAL_OFFLOAD:
+        if not (cpu and machine.vram_free):
+            return None, False  # how much stays on the CPU is unknown
+        gpu_share = min(1.0, machine.vram_free / needed)
+        if gpu:
+            return speed.split_tokens_per_second(weights, gpu_share, gpu, cpu), False
+        # Reading the GPU's part takes time too, so the CPU's part alone is faster than both.
+        on_cpu = round(weights * (1 - gpu_share))
+        return (speed.decode_tokens_per_second(on_cpu, cpu) if on_cpu else None), True
+    if label == CPU_IN_RAM:
+        return (speed.decode_tokens_per_second(weights, cpu) if cpu else None), False
+    return None, False
 
 
 def _label(needed: int, machine: MachineMemory) -> str:
@@ -130,11 +179,17 @@ def plan_fit(plan: PullPlan, machine: MachineMemory) -> Fit:
     return assess(shape, default_context_size(), machine)
 
 
+def label_and_speed(fit: Fit) -> str:
+    """"CPU only, fits in RAM, ~13 tok/s"; the label alone for a model too large to run."""
+    return f"{fit.label}, {fit.speed_text}" if fit.runs else fit.label
+
+
 def fit_text(fit: Fit) -> str:
-    """E.g. "CPU only, fits in RAM (needs about 1.4 GB: weights, KV cache for 8192 tokens)"."""
+    """E.g. "CPU only, fits in RAM, ~13 tok/s (needs about 1.4 GB: weights, KV cache for 8192
+    tokens)"."""
     kv = f"KV cache for {fit.n_ctx} tokens" if fit.kv_known else \
         "KV cache unknown until downloaded"
-    return f"{fit.label} (needs about {format_bytes(fit.needed_bytes)}: weights, {kv})"
+    return f"{label_and_speed(fit)} (needs about {format_bytes(fit.needed_bytes)}: weights, {kv})"
 
 
 def assess_catalog_entry(entry: CatalogEntry, n_ctx: int, machine: MachineMemory) -> Fit:
@@ -144,18 +199,27 @@ def assess_catalog_entry(entry: CatalogEntry, n_ctx: int, machine: MachineMemory
 def recommended_entries(entries: list[CatalogEntry], n_ctx: int,
                         machine: MachineMemory) -> set[str]:
     """Per model, the quant to suggest here: the largest that runs fully on the GPU; failing
-    that, the catalog's default quant if it runs at all. Names of the chosen entries."""
+    that, the catalog's default quant if it runs at all; in both cases only when its
+    estimated speed is usable (speed.USABLE_TOKENS_PER_SECOND; unknown speeds pass). So the
+    largest model recommended is the largest that fits and is fast enough. Should no model be
+    fast enough, the fastest one that runs is suggested. Names of the chosen entries."""
     chosen: set[str] = set()
     by_model: dict[str, list[CatalogEntry]] = {}
     for entry in entries:
         by_model.setdefault(entry.model.name, []).append(entry)
+    fits = {e.name: assess_catalog_entry(e, n_ctx, machine) for e in entries}
     for model_entries in by_model.values():
-        fits = {e.name: assess_catalog_entry(e, n_ctx, machine) for e in model_entries}
-        on_gpu = [e for e in model_entries if fits[e.name].label == FITS_IN_GPU]
+        usable = [e for e in model_entries
+                  if fits[e.name].runs and speed.is_usable(fits[e.name].tokens_per_second)]
+        on_gpu = [e for e in usable if fits[e.name].label == FITS_IN_GPU]
         if on_gpu:
             chosen.add(max(on_gpu, key=lambda e: e.size_bytes).name)
             continue
-        default = next((e for e in model_entries if e.is_default_quant), None)
-        if default is not None and fits[default.name].runs:
+        default = next((e for e in usable if e.is_default_quant), None)
+        if default is not None:
             chosen.add(default.name)
+    if not chosen:
+        running = [e for e in entries if fits[e.name].runs]
+        if running:
+            chosen.add(max(running, key=lambda e: fits[e.name].tokens_per_second or 0.0).name)
     return chosen

@@ -3,7 +3,8 @@
 `--model` accepts a path to a .gguf file, the name of an installed model (pulled, imported, or a
 GGUF dropped into the models folder: its file name with or without `.gguf`), or a catalog name
 (`r1:7b`; if it is not installed the message says to pull it). Unknown names get the nearest
-matches in the message.
+matches in the message. `names_a_path` is the one rule for telling them apart: a bare word is a
+model name first, so a `gemma` folder in the working directory cannot hide the model `gemma`.
 
 Every GGUF is validated before it is registered (magic, version, and that the tensor data fits
 in each part: a truncated download fails here, not inside llama.cpp); a pulled file that fails
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ from localr1.errors import ModelFileError
 from localr1.models.gguf_header import GGUFHeader, read_gguf_header
 from localr1.models.registry import GGUFSummary, InstalledModel, ModelFile, ModelRegistry
 from localr1.models.split_names import is_later_part, model_name, part_paths
+from localr1.terminal_text import visible_controls
 
 if TYPE_CHECKING:
     from localr1.models.catalog import Catalog
@@ -43,14 +46,30 @@ def installed_models(models_dir: Path) -> dict[str, Path]:
 # ---- resolving what the user typed -----------------------------------------------------------
 
 
-def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry | None = None,
-                  catalog: Catalog | None = None) -> Path:
-    """The GGUF to load for `reference`: a path, an installed name, or a catalog name."""
-    path = Path(reference).expanduser()
-    if path.is_file() or (os.path.lexists(path) and not path.is_dir()):
-        return path  # a FIFO or a symlink loop too: read_gguf_header says what it is
+def names_a_path(reference: str) -> bool:
+    """Whether what the user typed is a path before it is a model name: it has a slash (or
+    the OS's separator), starts with `~`, or ends in `.gguf`. A bare word names an installed
+    or catalog model, and is taken as a file in the working directory only when no model has
+    that name. Every front end resolves through `resolve_model`/`find_installed`, which
+    apply this rule."""
+    separators = {"/", os.sep, os.altsep or "/"}
+    return any(s in reference for s in separators) or reference.startswith("~") or \
+        reference.lower().endswith(".gguf")
+
+
+def _existing_file(path: Path) -> Path:
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a GGUF file")
+    return path  # a FIFO or a symlink loop too: read_gguf_header says what it is
+
+
+def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry | None = None,
+                  catalog: Catalog | None = None) -> Path:
+    """The GGUF to load for `reference`: a path, an installed name, or a catalog name, told
+    apart by `names_a_path`."""
+    path = Path(reference).expanduser()
+    if names_a_path(reference) and os.path.lexists(path):
+        return _existing_file(path)
     registry = registry or ModelRegistry.default()
     folder = None if registry.get(reference) else \
         installed_models(models_dir).get(reference.removesuffix(".gguf"))
@@ -70,7 +89,9 @@ def resolve_model(reference: str, models_dir: Path, *, registry: ModelRegistry |
     if entry is not None or (hub_ref is not None and hub_ref.quant):
         shown = entry.name if entry else reference
         raise ModelFileError(f"model '{shown}' is not installed; run: localr1 pull {reference}")
-    if reference.endswith(".gguf") or "/" in reference or "\\" in reference:
+    if os.path.lexists(path):  # a bare word that no model has: a file here after all
+        return _existing_file(path)
+    if names_a_path(reference) or "\\" in reference:
         hint = f" (to download it from the Hub: localr1 pull {reference})" if hub_ref else ""
         raise ModelFileError(f"{path}: no such file{hint}")
     from localr1.models.catalog import UnknownModelError, nearest_hint
@@ -87,8 +108,14 @@ def find_installed(reference: str, models_dir: Path, *, registry: ModelRegistry 
                    catalog: Catalog | None = None) -> InstalledModel | None:
     """The installed model `reference` names, or None. Tried in order: a registered name, a
     GGUF in the models folder by file name, a catalog name, an `owner/repo:QUANT` or
-    `owner/repo/FILE.gguf` that was pulled, a registered file's path."""
+    `owner/repo/FILE.gguf` that was pulled, a registered file's path (first, when
+    `names_a_path`)."""
     registry = registry or ModelRegistry.default()
+    path = Path(reference).expanduser()
+    if names_a_path(reference) and path.exists():
+        model = registry.find_path(path)
+        if model is not None:
+            return model
     model = registry.get(reference)
     if model is not None:
         return model
@@ -112,7 +139,6 @@ def find_installed(reference: str, models_dir: Path, *, registry: ModelRegistry 
                 return candidate
             if hub_ref.quant and quant_from_filename(files[0]) == hub_ref.quant:
                 return candidate
-    path = Path(reference).expanduser()
     return registry.find_path(path) if path.exists() else None
 
 
@@ -249,6 +275,24 @@ def _prune_empty_dirs(folders: set[Path], models_dir: Path) -> None:
 # ---- import ----------------------------------------------------------------------------------
 
 
+def check_model_name(name: str) -> None:
+    """The rule for a name given to an imported model: one word that is not a path, and
+    not a catalog model's name or alias (`r1` would then mean two models). Raises
+    ModelFileError (one line; the name shown with its control characters visible)."""
+    shown = visible_controls(name)
+    if not name.strip() or any(c.isspace() or unicodedata.category(c).startswith("C")
+                               for c in name):
+        raise ModelFileError(f"'{shown}' cannot be a model name (no spaces or control "
+                             "characters)")
+    if names_a_path(name) or name.startswith("."):
+        raise ModelFileError(f"'{shown}' cannot be a model name (no '/' or leading '.': it "
+                             "would read as a path)")
+    from localr1.models.catalog import load_catalog
+
+    if load_catalog().find(name) is not None:
+        raise ModelFileError(f"'{shown}' is a catalog model's name; pick another name")
+
+
 def import_model(path: Path, name: str | None = None, *, copy: bool = False,
                  models_dir: Path, registry: ModelRegistry | None = None) -> InstalledModel:
     """Register a GGUF already on disk (no copy unless asked). Split files: name part 1."""
@@ -259,8 +303,7 @@ def import_model(path: Path, name: str | None = None, *, copy: bool = False,
     parts = part_paths(path)
     validate_gguf(parts)
     name = name or model_name(path)
-    if not name.strip() or any(c.isspace() for c in name):
-        raise ModelFileError(f"'{name}' cannot be a model name (no spaces)")
+    check_model_name(name)
     existing = registry.find_path(path)
     if existing is not None and not copy:
         raise ModelFileError(f"{path} is already installed as '{existing.name}'")

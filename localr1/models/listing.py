@@ -1,5 +1,6 @@
-"""The rows of the model lists, as data: installed models and the catalog, with fit labels and
-"last used", that `localr1 list` (and its --json) and the TUI's models screen both render.
+"""The rows of the model lists, as data: installed models and the catalog, with fit labels,
+estimated speeds and "last used", that `localr1 list` (and its --json) and the TUI's models
+screen both render.
 
 Listing reads the registry (no multi-GB header reads for registered models) and probes this
 machine's memory once for all the fit labels.
@@ -36,6 +37,10 @@ class InstalledRow:
         return FILE_MISSING if self.fit is None else self.fit.label
 
     @property
+    def speed(self) -> str:
+        return "-" if self.fit is None else self.fit.speed_text
+
+    @property
     def quant(self) -> str:
         return self.model.summary.quant or "?"
 
@@ -49,6 +54,7 @@ class InstalledRow:
                 "quant": summary.quant, "parameters": summary.parameter_count,
                 "architecture": summary.architecture, "context_length": summary.context_length,
                 "fit": self.fit_label, "needed_bytes": self.fit.needed_bytes if self.fit else None,
+                "tokens_per_second": _rounded(self.fit.tokens_per_second if self.fit else None),
                 "last_used": _iso(model.last_used), "source": model.source, "repo": model.repo,
                 "sha256": model.sha256, "files": [str(f.path) for f in model.files]}
 
@@ -83,7 +89,9 @@ class CatalogRow:
                 "size_bytes": entry.size_bytes, "parameters": model.parameters,
                 "architecture": model.architecture, "context_length": model.context_length,
                 "license": model.license, "fit": self.fit.label,
-                "needed_bytes": self.fit.needed_bytes, "installed": self.installed,
+                "needed_bytes": self.fit.needed_bytes,
+                "tokens_per_second": _rounded(self.fit.tokens_per_second),
+                "installed": self.installed,
                 "recommended": self.recommended}
 
 
@@ -143,6 +151,10 @@ def format_parameters(count: int) -> str:
         if count >= size:
             return f"{count / size:.1f}{unit}"
     return str(count)
+
+
+def _rounded(tokens_per_second: float | None) -> float | None:
+    return None if tokens_per_second is None else round(tokens_per_second, 1)
 
 
 def _iso(when: float | None) -> str | None:

@@ -1,7 +1,8 @@
 """Before a pull: what the name resolves to on the Hub and whether it fits this machine.
 
 `localr1 pull`, the TUI's pull panel and its welcome screen all show these facts; they lay
-them out differently but compute them here once.
+them out differently but compute them here once. The speed is only shown here, so a bad
+LOCALR1_MEMORY_BANDWIDTH costs the estimate (and a warning), never the pull.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from localr1.models import fit
+from localr1.models.bandwidth import BandwidthSettingError
 from localr1.models.catalog import Catalog, load_catalog
 from localr1.models.hub_resolve import PullPlan, resolve_pull
 from localr1.sizes import format_bytes
@@ -18,6 +20,7 @@ from localr1.sizes import format_bytes
 class PlannedPull:
     plan: PullPlan
     fit: fit.Fit
+    warning: str | None = None  # e.g. a bad speed setting, ignored for this pull
 
     @property
     def name(self) -> str:
@@ -50,4 +53,11 @@ def plan_pull(name: str, catalog: Catalog | None = None,
               machine: fit.MachineMemory | None = None) -> PlannedPull:
     """Resolve `name` on the Hub (one request) and estimate its fit here."""
     plan = resolve_pull(name, catalog or load_catalog())
-    return PlannedPull(plan, fit.plan_fit(plan, machine or fit.machine_memory()))
+    warning = None
+    if machine is None:
+        try:
+            machine = fit.machine_memory()
+        except BandwidthSettingError as exc:
+            warning = f"{exc}; ignored for this pull (no speed estimate)"
+            machine = fit.machine_memory(with_cpu_bandwidth=False)
+    return PlannedPull(plan, fit.plan_fit(plan, machine), warning)
