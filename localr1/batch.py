@@ -2,8 +2,9 @@
 
 Resumable: with an output file, ids already answered there are skipped and new records are
 appended and flushed one by one, so `kill -9` loses at most the records in flight. A malformed
-input line becomes an error record and the batch goes on. Records are decoded `parallel` at a
-time as separate sequences of one llama.cpp context (see parallel_decoder).
+input line becomes an error record and the batch goes on (once: a rerun finds it written).
+Records are decoded `parallel` at a time as separate sequences of one llama.cpp context (see
+parallel_decoder), or with an endpoint sent `parallel` at a time (see remote_decoder).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from localr1.engine.events import (
     TurnDone,
 )
 from localr1.engine.llama_engine import Engine
+from localr1.engine.remote_decoder import RemoteDecoder, RemoteRequest, RequestFailed
+from localr1.engine.remote_engine import RemoteEngine
+from localr1.engine.turn_notes import turn_notes
 from localr1.errors import ContextOverflowError, LocalR1Error
 
 
@@ -186,22 +190,41 @@ def id_key(item_id: Any) -> str:
 # ---- output --------------------------------------------------------------------------------
 
 
-def answered_ids(path: Path) -> set[str]:
-    """Ids with a successful record in an earlier run's output (for resuming).
+def items_to_resume(items: list[BatchItem], path: Path) -> list[BatchItem]:
+    """`items` less those an earlier run's output already settles: ids answered there, and
+    input lines whose same error record is there (a rerun would only write it again)."""
+    answered, input_errors = _earlier_records(path)
+    return [item for item in items
+            if not (item.id is not None and id_key(item.id) in answered)
+            and not (item.error is not None and _error_key(item.id, item.line, item.error)
+                     in input_errors)]
+
+
+def _earlier_records(path: Path) -> tuple[set[str], set[tuple[str, Any, Any]]]:
+    """The answered ids and the error records' keys in an earlier run's output.
 
     Only a regular file is read back: /dev/stdout, a pipe or /dev/full have no earlier run
     to resume (and reading them would block or never end)."""
+    answered: set[str] = set()
+    errors: set[tuple[str, Any, Any]] = set()
     if not path.is_file():
-        return set()
-    done = set()
+        return answered, errors
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        if isinstance(record, dict) and record.get("error") is None and "id" in record:
-            done.add(id_key(record["id"]))
-    return done
+        if not isinstance(record, dict) or "id" not in record:
+            continue
+        if record.get("error") is None:
+            answered.add(id_key(record["id"]))
+        elif "line" in record:
+            errors.add(_error_key(record["id"], record["line"], record["error"]))
+    return answered, errors
+
+
+def _error_key(item_id: Any, line: Any, error: Any) -> tuple[str, Any, Any]:
+    return id_key(item_id), json.dumps(line), json.dumps(error)
 
 
 def open_output_for_append(path: Path) -> IO[str]:
@@ -243,15 +266,18 @@ def record_seed(seed: int, item_id: Any) -> int:
     return zlib.crc32(f"{seed}:{id_key(item_id)}".encode()) & 0x7FFFFFFF
 
 
-def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
+def run_batch(engine: Engine | RemoteEngine, items: list[BatchItem], options: BatchOptions,
               write: Callable[[dict[str, Any], BatchItem], None],
               progress: Callable[[BatchSummary, int], None] | None = None,
               cancel: threading.Event | None = None,
               save: Callable[[BatchItem, list[Event]], None] | None = None) -> BatchSummary:
     """Answer `items`, calling `write(record, item)` as each completes (in completion order)
     and, before that, `save(item, events)` for each answered one (the answer as engine events,
-    for `ChatSession.save_answered`)."""
+    for `ChatSession.save_answered`). With a RemoteEngine (`--endpoint`), `parallel` requests
+    are in flight at once."""
     from localr1.engine.parallel_decoder import ParallelDecoder
+
+    remote = isinstance(engine, RemoteEngine)
 
     summary = BatchSummary()
     started = time.perf_counter()
@@ -270,7 +296,8 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
             summary.failed += 1
             continue
         try:
-            request = _request(engine, item, options)
+            request = _remote_request(item, options) if remote else \
+                _request(engine, item, options)
         except (LocalR1Error, ValueError) as exc:
             write(error_record(item, options.model_label, f"line {item.line}: {exc}"), item)
             summary.failed += 1
@@ -279,17 +306,24 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
         by_key[request.key] = (item, {"reasoning": "", "answer": ""})
     report()
 
+    model_notes = [engine.info.format_note] if engine.info.format_note else []
+
     def sink(key: str, event) -> None:
         item, texts = by_key[key]
         if isinstance(event, ReasoningDelta):
             texts["reasoning"] += event.text
         elif isinstance(event, AnswerDelta):
             texts["answer"] += event.text
+        elif isinstance(event, RequestFailed):  # the endpoint failed it, after its retries
+            write(error_record(item, options.model_label, event.message), item)
+            summary.failed += 1
+            report()
         elif isinstance(event, TurnDone):
             stats = event.stats
             if stats.finish_reason == "cancelled":
                 return  # not written: a rerun answers it
-            record = _record(item, options.model_label, texts, stats)
+            record = _record(item, options.model_label, texts, stats,
+                             [*model_notes, *turn_notes(stats, remote=remote)])
             if save is not None and record["error"] is None:
                 save(item, _answer_events(texts, event))
             write(record, item)
@@ -300,8 +334,10 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                 summary.done += 1
             report()
 
-    with ParallelDecoder(engine, options.parallel, options.n_ctx_per_sequence,
-                         options.threads) as decoder:
+    decoder = RemoteDecoder(engine, options.parallel) if remote \
+        else ParallelDecoder(engine, options.parallel, options.n_ctx_per_sequence,
+                             options.threads)
+    with decoder:
         decoder.run(requests, sink, cancel)
     report()
     return summary
@@ -310,6 +346,15 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
 def _answer_events(texts: dict[str, str], done: TurnDone) -> list[Event]:
     reasoning = [ReasoningDelta(texts["reasoning"])] if texts["reasoning"] else []
     return [*reasoning, AnswerDelta(texts["answer"]), done]
+
+
+def _remote_request(item: BatchItem, options: BatchOptions) -> RemoteRequest:
+    """A record for an endpoint: the server fits the prompt to its own context."""
+    params = replace(options.params, **item.params) if item.params else options.params
+    return RemoteRequest(key=id_key(item.id), messages=item.messages, params=params,
+                         system=item.system if item.system is not None else options.system,
+                         seed=record_seed(options.seed, item.id)
+                         if options.seed is not None else None)
 
 
 def _request(engine: Engine, item: BatchItem, options: BatchOptions):
@@ -326,7 +371,8 @@ def _request(engine: Engine, item: BatchItem, options: BatchOptions):
     return SequenceRequest(key=id_key(item.id), prompt=prompt, params=params, seed=seed)
 
 
-def _record(item: BatchItem, model: str, texts: dict[str, str], stats) -> dict[str, Any]:
+def _record(item: BatchItem, model: str, texts: dict[str, str], stats,
+            notes: list[str]) -> dict[str, Any]:
     answer = texts["answer"]
     error = None
     if not answer.strip():
@@ -345,6 +391,7 @@ def _record(item: BatchItem, model: str, texts: dict[str, str], stats) -> dict[s
         "timings": {"ttft_ms": round(stats.ttft_seconds * 1000, 1),
                     "tokens_per_second": round(stats.tokens_per_second, 2),
                     "seconds": round(stats.total_seconds, 3)},
+        "notes": notes,  # as `run --json` has them: a guessed prompt format, why it stopped
         "error": error,
     }
 

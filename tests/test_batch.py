@@ -89,6 +89,28 @@ def test_resume_skips_answered_ids_and_appends(tmp_path, r1_prefill_model):
     assert sorted(ids) == [0, 1, 2, 3, 4]
 
 
+def test_resume_does_not_repeat_bad_line_records(tmp_path, r1_prefill_model):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "q1", "prompt": "hi"}\n'
+                      "not json\n"
+                      '{"id": "q2"}\n')
+    output = tmp_path / "out.jsonl"
+    first = localr1("batch", source, "-o", output, "-m", r1_prefill_model)
+    assert first.returncode == 1 and "1 done, 2 failed, 0 skipped" in first.stderr
+    written = output.read_text()
+    again = localr1("batch", source, "-o", output, "-m", r1_prefill_model)
+    assert again.returncode == 0, again.stderr  # nothing new failed
+    assert "0 done, 0 failed, 3 skipped" in again.stderr
+    assert output.read_text() == written
+    # A line that changed is a new input: its new error is written.
+    source.write_text('{"id": "q1", "prompt": "hi"}\n'
+                      "[1, 2]\n"
+                      '{"id": "q2"}\n')
+    changed = localr1("batch", source, "-o", output, "-m", r1_prefill_model)
+    assert "0 done, 1 failed, 2 skipped" in changed.stderr
+    assert [r["line"] for r in records(output.read_text()) if r["error"]] == [2, 3, 2]
+
+
 @pytest.fixture(scope="module")
 def long_loop_model(tmp_path_factory):
     return build_scripted_model(tmp_path_factory.mktemp("loop8k") / "loop.gguf", "loop",

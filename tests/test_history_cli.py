@@ -7,6 +7,7 @@ into one line and exit 1 the way localr1.cli.main does.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,11 @@ _root.add_command(history)
 
 def run(*args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(_root, ["history", *args], input=input, catch_exceptions=False)
+
+
+def imported_id(result: Result) -> int:
+    """The one new id in `history import`'s summary line."""
+    return int(re.fullmatch(r"imported 1 conversation \(id (\d+)\)\n", result.stdout)[1])
 
 
 @pytest.fixture
@@ -144,9 +150,9 @@ def test_export_import_json_round_trip(chats: dict[str, int], tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     exported = json.loads(path.read_text())
     assert exported["format"] == "localr1-conversation"
-    result = run("import", str(path))
+    result = run("import", "--duplicate", str(path))  # into the history it came from
     assert result.exit_code == 0
-    new_id = int(result.stdout.strip())
+    new_id = imported_id(result)
     assert new_id not in chats.values()
     with Store.open() as store:
         again = store.export_conversation(new_id)
@@ -165,7 +171,7 @@ def test_settings_are_shown_exported_and_imported(chats: dict[str, int], tmp_pat
     assert (shown["system_prompt"], shown["params"]) == ("Be brief.", settings)
     path = tmp_path / "sky.json"
     assert run("export", str(chats["sky"]), "-o", str(path)).exit_code == 0
-    new_id = int(run("import", str(path)).stdout)
+    new_id = imported_id(run("import", "--duplicate", str(path)))
     with Store.open() as store:
         copy = store.conversation(new_id)
     assert (copy.system_prompt, copy.params) == ("Be brief.", settings)
@@ -177,9 +183,80 @@ def test_export_all_and_import_the_bundle(chats: dict[str, int], tmp_path: Path)
     bundle = json.loads(path.read_text())
     assert bundle["format"] == "localr1-conversations"
     assert len(bundle["conversations"]) == 3  # archived too
-    result = run("import", str(path))
-    assert len(result.stdout.split()) == 3
+    result = run("import", "--duplicate", str(path))
+    assert re.fullmatch(r"imported 3 conversations \(ids \d+-\d+\)\n", result.stdout)
     assert len(json.loads(run("list", "--json", "--archived").output)) == 6
+
+
+def test_importing_the_same_file_again_skips_what_is_present(chats: dict[str, int],
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "all.json"
+    assert run("export", "--all", "-o", str(path)).exit_code == 0
+    result = run("import", str(path))  # the history it was exported from
+    assert result.exit_code == 0
+    assert result.stdout == "imported 0 conversations, skipped 3 already present\n"
+    assert len(json.loads(run("list", "--json", "--archived").output)) == 3
+    with Store.open() as store:  # one grew since the export: still present
+        store.add_message(chats["bread"], "user", "And rye?")
+        store.delete_conversation(chats["old"])
+    result = run("import", str(path))
+    assert re.fullmatch(r"imported 1 conversation \(id \d+\), skipped 2 already present\n",
+                        result.stdout)
+    assert run("import", str(path)).stdout == \
+        "imported 0 conversations, skipped 3 already present\n"
+    assert len(json.loads(run("list", "--json", "--archived").output)) == 3
+
+
+def test_a_file_imported_elsewhere_twice_and_forced_with_duplicate(chats: dict[str, int],
+                                                                   tmp_path: Path) -> None:
+    path = tmp_path / "sky.json"
+    assert run("export", str(chats["sky"]), "-o", str(path)).exit_code == 0
+    with Store.open() as store:
+        for id in chats.values():
+            store.delete_conversation(id)
+    first = run("import", str(path))
+    assert first.stdout.startswith("imported 1 conversation (id ")
+    assert run("import", str(path)).stdout == \
+        "imported 0 conversations, skipped 1 already present\n"
+    exported = json.loads(path.read_text())
+    # The same conversation twice in one file comes in once.
+    with Store.open() as store:
+        store.delete_conversation(imported_id(first))
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([exported, exported]))
+    assert re.fullmatch(r"imported 1 conversation \(id \d+\), skipped 1 already present\n",
+                        run("import", str(twice)).stdout)
+    assert run("import", str(twice)).stdout == \
+        "imported 0 conversations, skipped 2 already present\n"
+    forced = run("import", "--duplicate", str(twice))
+    assert re.fullmatch(r"imported 2 conversations \(ids \d+-\d+\)\n", forced.stdout)
+    # An edited message makes it a different conversation.
+    exported["messages"][0]["content"] = "Why is the sea blue?"
+    path.write_text(json.dumps(exported))
+    assert run("import", str(path)).stdout.startswith("imported 1 conversation (id ")
+    assert len(json.loads(run("list", "--json").output)) == 4
+
+
+def test_a_hand_made_export_without_times_is_imported_once(tmp_path: Path) -> None:
+    hand_made = {"format": "localr1-conversation", "version": 1,
+                 "conversation": {"title": "hand made"},
+                 "messages": [{"id": 1, "role": "user", "content": "hi"}]}
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(hand_made))
+    assert imported_id(run("import", str(path)))
+    assert run("import", str(path)).stdout == \
+        "imported 0 conversations, skipped 1 already present\n"
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([hand_made, hand_made]))
+    assert run("import", str(twice)).stdout == \
+        "imported 0 conversations, skipped 2 already present\n"
+    # Another title, or another text, is another conversation.
+    other_title = {**hand_made, "conversation": {"title": "made by hand"}}
+    other_text = {**hand_made, "messages": [{"id": 1, "role": "user", "content": "hello"}]}
+    path.write_text(json.dumps([other_title, other_text]))
+    assert re.fullmatch(r"imported 2 conversations \(ids \d+-\d+\)\n",
+                        run("import", str(path)).stdout)
+    assert len(json.loads(run("list", "--json").output)) == 3
 
 
 def test_export_markdown(chats: dict[str, int], tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from localr1.paths import app_paths
 from localr1.store import Store, StoreError
 from localr1.store.json_text import json_text
 from localr1.store.transfer import EXPORT_FORMAT, EXPORT_VERSION
-from tests.test_history_cli import _root
+from tests.test_history_cli import _root, imported_id
 
 # ESC, a C1 CSI (U+009B), DEL, BEL, NUL; \n and \t are kept as they are.
 CONTROLS = "a\x1b[31mred\x9b2Jcsi\x7fdel\x07bel\x00nul\tTab\nline"
@@ -235,7 +235,7 @@ def test_json_escapes_control_characters_and_round_trips(chat: int, tmp_path: Pa
     assert run("export", str(chat), "-o", str(tmp_path / "c.json")).exit_code == 0
     written = (tmp_path / "c.json").read_text(encoding="utf-8")
     _assert_no_raw_controls(written)
-    new_id = int(run("import", str(tmp_path / "c.json")).output.split()[0])
+    new_id = imported_id(run("import", "--duplicate", str(tmp_path / "c.json")))
     with Store.open() as store:
         assert store.branch(new_id)[-1].content == "answer " + CONTROLS
 

@@ -23,7 +23,9 @@ from localr1.models.pull_events import FileDone, FileStarted, Notice
 from localr1.terminal_text import visible_controls
 
 EVIL = "\x1b]52;c;cHduZWQ=\x07\x1bc\x9b2J\x9d0;pwned\x07\x7f"
-EVIL_NAME = "evil\x1b]0;title\x07\x9b31m"  # no spaces: a valid model name
+# `import --name` refuses it now (library.check_model_name); a registry written by an older
+# version, or by hand, may still hold it.
+EVIL_NAME = "evil\x1b]0;title\x07\x9b31m"
 
 # Our own styling on a terminal: SGR (bold, dim) and the progress line's "\r ESC [K".
 _OWN_CODES = re.compile(r"\x1b\[[0-9;]*m|\x1b\[K")
@@ -77,10 +79,11 @@ def evil_home(tmp_path: Path) -> dict[str, str]:
 
     env = os.environ.copy()
     env["HOME"] = str(tmp_path)  # `import --scan` looks here
+    from localr1.models.library import build_model
+    from localr1.models.registry import ModelRegistry
+
     model = write_evil_model(tmp_path)
-    imported = subprocess.run([sys.executable, "-m", "localr1", "import", model, "--name",
-                               EVIL_NAME], capture_output=True, text=True, env=env)
-    assert imported.returncode == 0, imported.stderr
+    ModelRegistry.default().put(build_model(EVIL_NAME, (model,), source="import", owned=False))
     config = app_paths().config_file
     config.write_text(f"default_model = {json.dumps(EVIL_NAME)}\n")  # JSON escapes are TOML's
     with Store.open(app_paths().db_path) as store:
@@ -127,7 +130,7 @@ def test_import_and_did_you_mean_on_a_terminal(evil_home, tmp_path):
     second.mkdir()
     code, screen = on_terminal(evil_home, "import", write_evil_model(second), "--name",
                                EVIL_NAME + "2")
-    assert code == 0, screen
+    assert code == 1 and b"cannot be a model name" in screen, screen  # refused, shown
     assert_no_live_escapes(screen)
     code, screen = on_terminal(evil_home, "run", "-m", EVIL_NAME[:-2], "hi")
     assert code == 1 and b"did you mean" in screen, screen

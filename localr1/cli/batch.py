@@ -12,6 +12,12 @@ from pathlib import Path
 
 import click
 
+from localr1.cli.endpoint_options import (
+    answer_format,
+    connect_endpoint,
+    endpoint_options,
+    json_schema_option,
+)
 from localr1.cli.params import setting_check
 from localr1.terminal_text import safe_echo, safe_write
 
@@ -24,7 +30,8 @@ from localr1.terminal_text import safe_echo, safe_write
                    "Default: stdout.")
 @click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
 @click.option("-p", "--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Records decoded at once in one llama.cpp context.")
+              help="Records decoded at once in one llama.cpp context (with --endpoint: "
+                   "requests in flight at once).")
 @click.option("--template", "template_path", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Prompt template file with {input} and {id}.")
 @click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]),
@@ -45,10 +52,12 @@ from localr1.terminal_text import safe_echo, safe_write
 @click.option("--reasoning-budget", type=click.IntRange(min=-1),
               callback=setting_check("reasoning_budget"))
 @click.option("--chat-format", help="Prompt format for GGUFs without a usable template.")
+@json_schema_option
+@endpoint_options
 def batch(input_path: Path | None, output: Path | None, model: str | None, parallel: int,
           template_path: Path | None, input_format: str, system: str | None, seed: int | None,
           save: bool, max_tokens, temperature, top_p, ctx, threads, gpu_layers,
-          reasoning_budget, chat_format) -> None:
+          reasoning_budget, chat_format, json_schema, endpoint, api_key) -> None:
     """Answer every prompt in INPUT (JSONL, text lines, or stdin) as JSONL records.
 
     \b
@@ -59,12 +68,12 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     \b
       localr1 batch questions.jsonl -o answers.jsonl --parallel 4
       cat prompts.txt | localr1 batch --template tmpl.txt > out.jsonl
+      localr1 batch questions.jsonl --endpoint http://gpu-box:8080/v1 --parallel 8
     """
     from localr1.batch import (
         BatchOptions,
         BatchOutputError,
-        answered_ids,
-        id_key,
+        items_to_resume,
         iter_input_lines,
         open_output_for_append,
         read_items,
@@ -93,31 +102,38 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     items = read_items(iter_input_lines(source, stdin), kind=kind, template=template)
     skipped = 0
     if output is not None:
-        done = answered_ids(output)
         before = len(items)
-        items = [i for i in items if i.id is None or id_key(i.id) not in done]
+        items = items_to_resume(items, output)
         skipped = before - len(items)
 
-    chosen = choose_model(model, settings, paths)
-    if chosen is None:
-        raise click.UsageError(no_model_message(paths))
+    answer_grammar, response_format = answer_format(json_schema)
     n_ctx = ctx or settings.context_size
-    engine = Engine.load(EngineConfig.from_settings(
-        chosen.path, settings, context_size=min(n_ctx, 2048),
-        gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
-        chat_format=chat_format))
-    if engine.info.n_ctx_train:
-        n_ctx = min(n_ctx, engine.info.n_ctx_train)
+    if endpoint is not None:  # --parallel N: N requests in flight
+        engine = connect_endpoint(endpoint, model, api_key, response_format, {
+            "--ctx": ctx, "--gpu-layers": gpu_layers, "--threads": threads,
+            "--chat-format": chat_format})
+        model_label = engine.info.name
+    else:
+        chosen = choose_model(model, settings, paths)
+        if chosen is None:
+            raise click.UsageError(no_model_message(paths))
+        engine = Engine.load(EngineConfig.from_settings(
+            chosen.path, settings, context_size=min(n_ctx, 2048),
+            gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
+            chat_format=chat_format))
+        if engine.info.n_ctx_train:
+            n_ctx = min(n_ctx, engine.info.n_ctx_train)
+        model_label = record_use(chosen, paths.models_dir, remember=save).name
     params = GenerationParams.from_settings(settings, max_tokens=max_tokens,
                                             temperature=temperature, top_p=top_p,
-                                            reasoning_budget=reasoning_budget)
-    chosen = record_use(chosen, paths.models_dir, remember=save)
-    options = BatchOptions(model_label=chosen.name, params=params, parallel=parallel,
+                                            reasoning_budget=reasoning_budget,
+                                            answer_grammar=answer_grammar)
+    options = BatchOptions(model_label=model_label, params=params, parallel=parallel,
                            n_ctx_per_sequence=n_ctx,
                            threads=threads or settings.threads or default_threads(),
                            system=system, seed=seed)
     out = open_output_for_append(output) if output else sys.stdout
-    saver = _Saver(paths, engine, chosen.name, system) if save else None
+    saver = _Saver(paths, engine, model_label, system) if save else None
 
     def write(record, _item) -> None:
         try:

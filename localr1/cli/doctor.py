@@ -28,7 +28,7 @@ def doctor(model: str | None, json_output: bool) -> None:
     from localr1.paths import app_paths
 
     paths = app_paths()
-    checks = run_checks(paths)
+    checks = run_checks(paths, model_given=bool(model))
     if model:
         checks.append(check_model_runs(model, paths))
     if json_output:

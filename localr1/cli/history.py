@@ -312,12 +312,17 @@ def _read_export(handle, name: str) -> str:
 
 @history.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-def import_command(file: str) -> None:
+@click.option("--duplicate", is_flag=True,
+              help="Add conversations even if they are already in the history.")
+def import_command(file: str, duplicate: bool) -> None:
     """Add conversations from a JSON export (one, a list, or `export --all`) under new ids.
 
-    Prints each new conversation id on its own line.
+    A conversation already in the history (imported before, or exported from it) is skipped
+    unless --duplicate. Prints one summary line with the new ids.
     """
     import json
+
+    from localr1.store.transfer import import_new_conversations
 
     try:
         if file == "-":
@@ -338,11 +343,30 @@ def import_command(file: str) -> None:
     except ValueError as exc:  # e.g. a number with more than 4,300 digits
         raise HistoryFileError(f"{file}: not valid JSON ({_one_line(str(exc))})") from None
     with _open_store() as store:
-        ids = store.import_conversations(data)
-    for new_id in ids:
-        safe_echo(new_id)
+        outcome = import_new_conversations(store, data, skip_present=not duplicate)
+    safe_echo(import_summary(outcome.imported, outcome.skipped))
+
+
+def import_summary(ids: list[int], skipped: int) -> str:
+    """"imported 3 conversations (ids 7-9), skipped 2 already present"."""
     noun = "conversation" if len(ids) == 1 else "conversations"
-    safe_echo(f"imported {len(ids)} {noun}", err=True)
+    line = f"imported {len(ids)} {noun}"
+    if ids:
+        line += f" ({'id' if len(ids) == 1 else 'ids'} {_id_ranges(ids)})"
+    if skipped:
+        line += f", skipped {skipped} already present"
+    return line
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """7, 8, 9, 12 as "7-9, 12" (one import's ids are usually consecutive)."""
+    runs: list[list[int]] = []
+    for id in ids:
+        if runs and id == runs[-1][-1] + 1:
+            runs[-1].append(id)
+        else:
+            runs.append([id])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 # ---- rm ------------------------------------------------------------------------------------

@@ -1,12 +1,20 @@
 """Export and import: a conversation as JSON (everything: alternates, reasoning, stats,
 settings) and back under new ids. Imports are checked field by field first, so a hostile
 file gives one StoreError line and the database stays as it was.
+
+An import keeps the export's times, so a conversation that came in once (or was exported
+from this history) is recognised when the same file comes again: same creation time, and
+every exported message (role, text, time) already in it. An export without times (made by
+hand: they become the time of import) is recognised by its title and every message's role
+and text instead.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +30,9 @@ if TYPE_CHECKING:
 EXPORT_FORMAT = "localr1-conversation"
 EXPORT_BUNDLE_FORMAT = "localr1-conversations"  # `history export --all --format json`
 EXPORT_VERSION = 1
+# A conversation param keyed by message ids (the chat app's reasons for failed answers,
+# {"<message id>": "text"}): an import gives the messages new ids, so its keys follow them.
+TURN_ERRORS = "turn_errors"
 
 
 def export_conversation(store: Store, id: int) -> dict[str, Any]:
@@ -37,15 +48,80 @@ def export_conversation(store: Store, id: int) -> dict[str, Any]:
 
 def import_conversations(store: Store, data: Any) -> list[int]:
     """One export, a list of exports, or an `--all` bundle; all or nothing."""
+    return import_new_conversations(store, data, skip_present=False).imported
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    imported: list[int]  # the new conversation ids, in the export's order
+    skipped: int  # exports already present in the history
+
+
+def import_new_conversations(store: Store, data: Any, *,
+                             skip_present: bool = True) -> ImportOutcome:
+    """Like `import_conversations`, but (with `skip_present`) an export already in the
+    history, or earlier in the same file, is skipped instead of added again."""
     exports = _unbundle(data)
     checked = [_check_export(export, n if len(exports) > 1 else None)
                for n, export in enumerate(exports, 1)]
 
-    def insert(db: Database) -> list[int]:
-        return [_insert_export(db, conversation, messages)
-                for conversation, messages in checked]
+    def insert(db: Database) -> ImportOutcome:
+        imported: list[int] = []
+        present = _PresentConversations(db) if skip_present else None
+        for export in checked:
+            if present is not None and present.holds(export):
+                continue
+            imported.append(_insert_export(db, export.conversation, export.messages))
+            if present is not None:
+                present.add(imported[-1], export.conversation["created_at"],
+                            export.conversation["title"])
+        return ImportOutcome(imported, len(checked) - len(imported))
 
     return store._write(insert)
+
+
+@dataclass(frozen=True)
+class _CheckedExport:
+    conversation: dict[str, Any]
+    messages: list[dict[str, Any]]  # parents first
+    dated: bool  # every time came from the export (none was filled in with "now")
+
+
+class _PresentConversations:
+    """The history's conversations by creation time and by title, to recognise one imported
+    before: one that holds every exported message (it may have grown since), compared with
+    times when the export has them (then created at the same moment), else by title."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.by_time: dict[str | None, list[int]] = {}
+        self.by_title: dict[str | None, list[int]] = {}
+        for id, created_at, title in db.execute(
+                "SELECT id, created_at, title FROM conversations"):
+            self.add(id, created_at, title)
+
+    def add(self, id: int, created_at: str, title: str | None) -> None:
+        # Normalised as imports write times, so rows from older versions compare too.
+        self.by_time.setdefault(_utc_timestamp(created_at), []).append(id)
+        self.by_title.setdefault(title, []).append(id)
+
+    def holds(self, export: _CheckedExport) -> bool:
+        conv, dated = export.conversation, export.dated
+        candidates = self.by_time.get(conv["created_at"], ()) if dated else \
+            self.by_title.get(conv["title"], ())
+        wanted = {_fingerprint(m["role"], m["content"], m["created_at"], dated)
+                  for m in export.messages}
+        for id in candidates:
+            rows = self.db.execute("SELECT role, content, created_at FROM messages "
+                                   "WHERE conversation_id = ?", (id,))
+            if wanted <= {_fingerprint(role, content, _utc_timestamp(created_at), dated)
+                          for role, content, created_at in rows}:
+                return True
+        return False
+
+
+def _fingerprint(role: str, content: str, created_at: str | None, dated: bool) -> tuple:
+    return (role, content, created_at) if dated else (role, content)
 
 
 # ---- import validation ---------------------------------------------------------------------
@@ -76,8 +152,8 @@ def _unbundle(data: Any) -> list[dict[str, Any]]:
     return exports
 
 
-def _check_export(data: Any, number: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Validated (conversation, messages in insertion order) or a one-line StoreError."""
+def _check_export(data: Any, number: int | None) -> _CheckedExport:
+    """Validated conversation and messages in insertion order, or a one-line StoreError."""
     where = f"conversation {number}: " if number is not None else ""
 
     def fail(message: str) -> StoreError:
@@ -182,7 +258,8 @@ def _check_export(data: Any, number: int | None) -> tuple[dict[str, Any], list[d
         raise fail(f"messages {', '.join(map(str, stuck))} form a cycle")
     if conv["active_leaf_id"] is not None and conv["active_leaf_id"] not in by_id:
         raise fail(f"active_leaf_id {conv['active_leaf_id']} is not one of its messages")
-    return conv, ordered
+    dated = "created_at" in conversation and all("created_at" in m for m in messages)
+    return _CheckedExport(conv, ordered, dated)
 
 
 def _utc_timestamp(text: str) -> str | None:
@@ -236,5 +313,21 @@ def _insert_export(db: Database, conv: dict[str, Any], messages: list[dict[str, 
     if conv["active_leaf_id"] is not None:
         db.execute("UPDATE conversations SET active_leaf_id = ? WHERE id = ?",
                    (new_ids[conv["active_leaf_id"]], conversation_id))
+    params = json.loads(conv["params"])
+    if TURN_ERRORS in params:
+        params[TURN_ERRORS] = _remapped(params[TURN_ERRORS], new_ids)
+        if not params[TURN_ERRORS]:
+            del params[TURN_ERRORS]
+        db.execute("UPDATE conversations SET params = ? WHERE id = ?",
+                   (json.dumps(params, ensure_ascii=False, allow_nan=False), conversation_id))
     return conversation_id
+
+
+def _remapped(by_message: Any, new_ids: dict[int, int]) -> dict[str, Any]:
+    """`by_message` ({"<old message id>": value}) keyed by the new ids; keys that name no
+    imported message are dropped (they would attach to someone else's message)."""
+    if not isinstance(by_message, dict):
+        return {}
+    return {str(new_ids[int(key)]): value for key, value in by_message.items()
+            if key.isdecimal() and int(key) in new_ids}
 
