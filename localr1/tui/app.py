@@ -29,6 +29,7 @@ from localr1.tui.screens.chat import ChatScreen
 from localr1.tui.terminal_driver import terminal_driver_class
 
 if TYPE_CHECKING:  # llama.cpp's bindings, the model library: loaded after the first paint
+    from localr1.engine.chat_engine import ChatEngine
     from localr1.engine.llama_engine import Engine, EngineConfig
 
 ModelState = Literal["none", "loading", "ready", "failed"]
@@ -199,6 +200,8 @@ class LocalR1App(App[None]):
             return
 
         def chosen(path: Path | None) -> None:
+            if self.chat is not None and self.screen is self.chat:
+                self.chat.prompt.focus()  # not back on a search result: typing goes on
             if path is not None and path != self.model_path or \
                     (path is not None and self.engine is None):
                 self.use_model(path)
@@ -208,6 +211,11 @@ class LocalR1App(App[None]):
             self.install_screen(ModelsScreen(self.paths.models_dir, self.model_path,
                                              self.settings.default_model), "models")
         self.push_screen("models", chosen)
+
+    def action_import_model(self) -> None:
+        """The models screen with its import dialog open (from the command palette)."""
+        self.action_models()
+        self.get_screen("models").action_import_file()
 
     def action_help(self) -> None:
         from localr1.tui.screens.help import HelpScreen
@@ -256,7 +264,9 @@ class LocalR1App(App[None]):
     # ---- command palette -------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" (its key panel) would be listed beside ours (F1's page).
+        yield from (command for command in super().get_system_commands(screen)
+                    if command.title != "Keys")
         chat = self.chat
         if chat is None or screen is not chat:
             return
@@ -264,6 +274,8 @@ class LocalR1App(App[None]):
             ("New chat", "Start a new conversation (ctrl+n)", chat.action_new_chat),
             ("Stop generating", "Keep the partial answer, marked stopped (esc)",
              chat.action_stop),
+            ("Answer now", "End the thinking: the model answers at once (f5)",
+             chat.action_answer_now),
             ("Regenerate", "A new answer to the last message; the old one stays (ctrl+r)",
              chat.action_regenerate),
             ("Edit last message", "Change your last message and resend it (ctrl+g)",
@@ -290,6 +302,8 @@ class LocalR1App(App[None]):
             ("Conversation settings", "Temperature, top p, context, system prompt… (f4)",
              chat.action_settings),
             ("Models", "Installed models: use one, delete one (ctrl+l)", self.action_models),
+            ("Import a GGUF file", "Add a model file from disk under a name (i in the models "
+             "screen)", self.action_import_model),
             ("Keys", "Every key binding (f1)", self.action_help),
         ]
         for title, help_text, callback in commands:
@@ -322,9 +336,12 @@ class LocalR1App(App[None]):
             self.store.close()
 
 
-def run_chat(model: str | None = None, conversation_id: int | None = None) -> None:
+def run_chat(model: str | None = None, conversation_id: int | None = None, *,
+             remote: ChatEngine | None = None) -> int:
     """`localr1 chat [--model NAME|PATH] [CONVERSATION_ID]`: resolve the model, open the
-    history and run the TUI. Raises LocalR1Error (one line) for a bad model or id."""
+    history and run the TUI; returns the app's exit status (1 after a crash). Raises
+    LocalR1Error (one line) for a bad model or id. `remote`: a model behind --endpoint
+    answers instead of a local one."""
     from localr1.models.choice import choose_model
 
     paths = app_paths()
@@ -333,12 +350,16 @@ def run_chat(model: str | None = None, conversation_id: int | None = None) -> No
     try:
         conversation = store.conversation(conversation_id) if conversation_id is not None \
             else None
-        chosen = choose_model(model, settings, paths, lenient=True,
-                              conversation_model=conversation.model if conversation else None)
-        app = LocalR1App(store=store, model_path=chosen.path if chosen else None,
-                         model_label=chosen.name if chosen else None, settings=settings,
+        chosen = None if remote is not None else choose_model(
+            model, settings, paths, lenient=True,
+            conversation_model=conversation.model if conversation else None)
+        app = LocalR1App(store=store, engine=remote,
+                         model_path=chosen.path if chosen else None,
+                         model_label=chosen.name if chosen else
+                         (remote.info.name if remote else None), settings=settings,
                          conversation_id=conversation_id, paths=paths)
         app.run()
         app.shutdown()
+        return app.return_code or 0
     finally:
         store.close()

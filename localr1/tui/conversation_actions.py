@@ -101,6 +101,15 @@ class ConversationActions:
 
         screen.app.push_screen(ConfirmScreen(question), answered)
 
+    async def deleted_elsewhere(self, conversation_id: int) -> None:
+        """The open conversation cannot be read any more (`localr1 history rm` in another
+        terminal): a new chat, and a note saying why."""
+        screen = self.screen
+        screen.app.forget_conversation_settings(conversation_id)
+        await screen.open_conversation(None)
+        screen.sidebar.reload(None)
+        screen.notify("This conversation was deleted by another program.", severity="warning")
+
     def export(self) -> None:
         """To a Markdown file the user names (reasoning included), asking before
         overwriting one."""
@@ -144,8 +153,11 @@ class ConversationActions:
 
         app = self.screen.app
         assert self.screen.conv_settings is not None
-        app.push_screen(SettingsScreen(self.screen.conv_settings,
-                                       app.prefs.keep_reasoning_open), self._apply_settings)
+        info = app.engine.info if app.engine is not None else None
+        app.push_screen(SettingsScreen(self.screen.conv_settings, app.prefs.keep_reasoning_open,
+                                       context_in_use=(info.n_ctx or None) if info else None,
+                                       context_trained=info.n_ctx_train if info else None),
+                        self._apply_settings)
 
     def _apply_settings(self, result: SettingsResult | None) -> None:
         if result is None:

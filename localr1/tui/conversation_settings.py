@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localr1.config import Settings
+from localr1.engine.events import REASONING_EFFORT_BUDGETS
 from localr1.store import Conversation
 from localr1.store.params import SAMPLING, turn_sampling
 
@@ -58,6 +59,11 @@ class ConversationSettings:
         return replace(base, system_prompt=conversation.system_prompt, stored_sampling=stored,
                        **values)
 
+    @property
+    def reasoning_effort(self) -> str:
+        """The reasoning budget by its effort name (none/low/medium/high), or "custom"."""
+        return reasoning_effort(self.reasoning_budget)
+
     def generation_params(self, settings: Settings) -> GenerationParams:
         from localr1.engine.llama_engine import GenerationParams
 
@@ -84,3 +90,9 @@ class ConversationSettings:
         data = asdict(self.generation_params(settings))
         data.update(context_size=self.context_size, gpu_layers=self.gpu_layers)
         return data
+
+
+def reasoning_effort(budget: int) -> str:
+    """The effort whose budget `budget` is (REASONING_EFFORT_BUDGETS), else "custom"."""
+    return next((name for name, value in REASONING_EFFORT_BUDGETS.items() if value == budget),
+                "custom")

@@ -13,6 +13,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
 from localr1.errors import LocalR1Error
+from localr1.store.records import title_from_text
 
 if TYPE_CHECKING:
     from localr1.store import Conversation, Message, Store
@@ -25,6 +26,9 @@ class ConversationView:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.current: Conversation | None = None
+        # The shown branch's last message as (id, finish reason, text lengths): another
+        # program's answer grows in place, changing none of the conversation's own fields.
+        self._last_seen: tuple[int, str | None, int, int] | None = None
 
     def open(self, conversation_id: int | None) -> list[Message]:
         """Make `conversation_id` (None: a new chat) the current conversation and return its
@@ -35,13 +39,16 @@ class ConversationView:
         conversation = self.store.conversation(conversation_id)
         messages = self.store.branch(conversation_id)
         self.current = conversation
+        self._last_seen = _signature(messages[-1]) if messages else None
         return messages
 
-    def create(self, *, model: str, system_prompt: str | None,
-               params: dict[str, Any]) -> Conversation:
-        """Save the new chat (before its first message) and make it current."""
-        self.current = self.store.create_conversation(model=model, system_prompt=system_prompt,
-                                                      params=params)
+    def create(self, *, model: str, system_prompt: str | None, params: dict[str, Any],
+               first_message: str | None = None) -> Conversation:
+        """Save the new chat (before its first message) and make it current. It gets the
+        title its `first_message` would give it, so the sidebar can list it at once."""
+        self.current = self.store.create_conversation(
+            model=model, system_prompt=system_prompt, params=params,
+            title=title_from_text(first_message) if first_message else None)
         return self.current
 
     def refresh(self) -> Conversation | None:
@@ -51,9 +58,32 @@ class ConversationView:
             return None
         try:
             self.current = self.store.conversation(self.current.id)
+            self._last_seen = self._last_signature(self.current)
         except LocalR1Error:
             return None
         return self.current
+
+    def changed_in_store(self) -> Conversation | None:
+        """The current conversation as stored, when its messages, active branch, title or
+        last message (an answer another program is still writing grows in place) differ from
+        what was read last; None otherwise. Raises LocalR1Error when it cannot be read (it
+        was deleted elsewhere)."""
+        if self.current is None:
+            return None
+        stored = self.store.conversation(self.current.id)
+        seen = self.current
+        if (stored.updated_at, stored.message_count, stored.active_leaf_id, stored.title) == \
+                (seen.updated_at, seen.message_count, seen.active_leaf_id, seen.title) \
+                and self._last_signature(stored) == self._last_seen:
+            return None
+        return stored
+
+    def _last_signature(self, conversation: Conversation) -> tuple[int, str | None, int,
+                                                                   int] | None:
+        if conversation.active_leaf_id is not None:
+            return _signature(self.store.message(conversation.active_leaf_id))
+        branch = self.store.branch(conversation.id)
+        return _signature(branch[-1]) if branch else None
 
     def last_user_message(self) -> tuple[list[Message], Message | None]:
         """The current conversation's active branch and its last user message."""
@@ -129,6 +159,11 @@ def context_used(messages: list[Message]) -> int | None:
         if message.role == "assistant" and message.prompt_tokens is not None:
             return message.prompt_tokens + (message.completion_tokens or 0)
     return None
+
+
+def _signature(message: Message) -> tuple[int, str | None, int, int]:
+    return (message.id, message.finish_reason, len(message.content),
+            len(message.reasoning or ""))
 
 
 def _last(messages: list[Message], role: str) -> Message | None:

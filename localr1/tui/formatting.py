@@ -56,6 +56,7 @@ def thought_label(thinking_seconds: float | None, *, truncated: bool = False,
     if truncated:
         reason = {"cancelled": "stopped while thinking",
                   "length": "cut off: out of tokens",
+                  "repetition": "stopped: it kept repeating itself",
                   "incomplete": "interrupted",
                   "error": "ended by an error"}.get(finish_reason or "", "unfinished")
         text += f" ({reason})"

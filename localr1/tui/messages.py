@@ -53,6 +53,10 @@ class TurnFailed(Message):
     error: str
 
 
+class StoreCheckDue(Message):
+    """Time to compare the open conversation with the store (the chat screen's timer)."""
+
+
 @dataclass
 class SearchResults(Message):
     query: str

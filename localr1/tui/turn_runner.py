@@ -8,7 +8,9 @@ computes on the CPU) into the answer widget. The worker posts `TurnEnded`/`TurnF
 screen hands them to `TurnRunner.ended`, and the next tick renders the rest, does the one full
 render and stops the timer. Only that timer touches the streaming widgets, so no locking is
 needed on the UI side. The runner also keeps the status line: live figures during a turn, the
-model's state, the last turn's speed and the context used between turns.
+model's state, the last turn's speed and the context used between turns. A failed turn says
+why in the app's terms (`turn_errors`), under the answer and kept with the conversation;
+`answer_now` asks a thinking turn to answer at once.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import TYPE_CHECKING, Literal
 
 from textual.timer import Timer
 
-from localr1.errors import LocalR1Error
+from localr1.store.records import utc_now
 from localr1.tui.formatting import one_line
 from localr1.tui.messages import ContextWasTrimmed, TurnEnded, TurnFailed
 from localr1.tui.turn_buffer import Drained, TurnBuffer
+from localr1.tui.turn_errors import remember_turn_error, turn_error_text
 from localr1.tui.widgets.status_line import StatusFacts
 
 if TYPE_CHECKING:
@@ -70,6 +73,7 @@ class ActiveTurn:
     base_context: int | None
     buffer: TurnBuffer = field(default_factory=TurnBuffer)
     cancel: threading.Event = field(default_factory=threading.Event)
+    answer_now: threading.Event = field(default_factory=threading.Event)  # end the thinking
     done: threading.Event = field(default_factory=threading.Event)
     timer: Timer | None = None
     outcome: TurnEnded | TurnFailed | None = None
@@ -77,6 +81,8 @@ class ActiveTurn:
     cpu_bound: bool = False  # the model runs (partly) on the CPU: pace the updates
     running: bool = False  # the worker started (it sets `done` when it ends)
     switch_interval: float = 0.005  # the GIL switch interval to restore at the end
+    cursor_blink: bool = True  # the prompt's, to restore at the end
+    started_at: str = field(default_factory=utc_now)  # in the store's time: what it wrote since
     next_render_at: float = 0.0
     ui_cpu_mark: float | None = None  # time.thread_time() of the event loop at the last update
 
@@ -181,6 +187,7 @@ class TurnRunner:
         turn = ActiveTurn(self.started, kind, conversation_id, text, widget, user_widget,
                           base_context)
         self.active = turn
+        turn.cursor_blink = screen.prompt.cursor_blink
         screen.prompt.cursor_blink = False  # no repaints the generation would pay for
         turn.switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(turn.switch_interval, GIL_SWITCH_SECONDS))
@@ -195,6 +202,15 @@ class TurnRunner:
         if self.active is not None:
             self.active.cancel.set()
             self.screen.status.show(StatusFacts("stopping…", context_limit=self.context_limit()))
+
+    def answer_now(self) -> bool:
+        """Ask the running turn to stop thinking and answer at once (the engine closes its
+        think block; past it, nothing changes); False when no turn runs or it was asked."""
+        turn = self.active
+        if turn is None or turn.answer_now.is_set():
+            return False
+        turn.answer_now.set()
+        return True
 
     # ---- the worker ------------------------------------------------------------------------
 
@@ -218,11 +234,12 @@ class TurnRunner:
             if turn.kind == "send":
                 assert turn.text is not None
                 events = session.send(turn.conversation_id, turn.text, params,
-                                      parent_id=parent_id, cancel=turn.cancel)
+                                      parent_id=parent_id, cancel=turn.cancel,
+                                      answer_now=turn.answer_now)
             else:
                 assert user_message_id is not None
                 events = session.regenerate(turn.conversation_id, user_message_id, params,
-                                            cancel=turn.cancel)
+                                            cancel=turn.cancel, answer_now=turn.answer_now)
             for event in events:
                 if isinstance(event, ReasoningDelta):
                     turn.buffer.add("reasoning", event.text)
@@ -234,11 +251,9 @@ class TurnRunner:
                     stats = event.stats
                 elif isinstance(event, TurnSaved):
                     saved = event
-        except LocalR1Error as exc:
-            post(TurnFailed(turn.id, str(exc)))
-        except Exception as exc:  # a bug or a llama.cpp surprise: say so, keep the app alive
-            post(TurnFailed(turn.id, f"unexpected error: {type(exc).__name__}: "
-                                     f"{one_line(str(exc))}"))
+        except Exception as exc:  # a LocalR1Error, a bug or a llama.cpp surprise: say so
+            post(TurnFailed(turn.id, turn_error_text(exc, session.engine.info,
+                                                     params.max_tokens)))
         else:
             post(TurnEnded(turn.id, stats, saved))
         finally:
@@ -292,10 +307,13 @@ class TurnRunner:
     async def _render_buffer(self, turn: ActiveTurn) -> Drained:
         screen = self.screen
         drained = turn.buffer.drain()
+        thinking = screen.thinking
         if drained.reasoning:
             await turn.widget.add_reasoning(drained.reasoning, drained.reasoning_started_at)
         if drained.answer:
             await turn.widget.add_answer(drained.answer, drained.answer_started_at)
+        if screen.thinking != thinking:  # the footer's "answer now" comes or goes now
+            screen.refresh_bindings()
         log = screen.log_view
         following = log.is_anchored and log.max_scroll_y - log.scroll_y <= 2
         turn.widget.tick(log.region.y, following=following)
@@ -320,9 +338,13 @@ class TurnRunner:
                 turn.user_widget.message_id = outcome.saved.user_message_id
             stored = self.screen.conversations.message(outcome.saved.assistant_message_id)
         sys.setswitchinterval(turn.switch_interval)
+        if isinstance(outcome, TurnFailed):
+            turn.widget.error = outcome.error
         await turn.widget.finish(stats, stored)
         self._release()
         if isinstance(outcome, TurnFailed):
+            remember_turn_error(self.screen.app.store, turn.conversation_id, turn.started_at,
+                                outcome.error)
             await self.screen.turn_failed(turn, outcome.error)
             return
         if stats is not None:
@@ -343,6 +365,7 @@ class TurnRunner:
 
     def _release(self) -> None:
         """No turn in flight any more: the prompt blinks again, the bindings follow."""
+        if self.active is not None:
+            self.screen.prompt.cursor_blink = self.active.cursor_blink
         self.active = None
-        self.screen.prompt.cursor_blink = self.screen.app.show_timings
         self.screen.refresh_bindings()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input, TextArea
 
 from localr1.config import Settings
+from localr1.engine.events import ReasoningDelta
 from localr1.engine.llama_engine import Engine, EngineConfig
 from localr1.paths import app_paths
 from localr1.store import Store
@@ -16,6 +19,73 @@ from localr1.tui.app import LocalR1App
 from localr1.tui.prefs import TuiPrefs
 
 SIZE = (120, 40)
+
+
+@pytest.fixture(autouse=True)
+def steady_cursors(monkeypatch):
+    """Every text box in every screen has a cursor that does not blink: a blinking one is
+    drawn or not depending on when a screenshot is taken (the welcome screen's snapshot
+    missed its cursor once on a busy machine), and its timer repaints for nothing."""
+    for widget_class in (Input, TextArea):
+        original = widget_class.__init__
+
+        def steady_init(self, *args, __original=original, **kwargs) -> None:
+            __original(self, *args, **kwargs)
+            self.cursor_blink = False
+
+        monkeypatch.setattr(widget_class, "__init__", steady_init)
+
+
+# How long a held turn waits at most for its test to release it (a test that failed first).
+HOLD_LIMIT_SECONDS = 60.0
+
+
+class TurnHold:
+    """Holds the engine's stream right after the event that makes its `kind` text (reasoning
+    or answer) contain `text` (any text, by default), until `release()`: a test acts on a
+    running turn in a known state, whatever the machine's speed."""
+
+    def __init__(self, kind: type, text: str = "") -> None:
+        self.kind, self.text = kind, text
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wrap(self, events: Iterator) -> Iterator:
+        seen = ""
+        for event in events:
+            yield event
+            if self.reached.is_set() or not isinstance(event, self.kind):
+                continue
+            seen += event.text
+            if self.text in seen:
+                self.reached.set()
+                self._released.wait(HOLD_LIMIT_SECONDS)
+
+
+@pytest.fixture
+def hold_turns(monkeypatch):
+    """`hold_turns(kind=ReasoningDelta, text="", engine_class=Engine)`: every turn of that
+    engine class is held as `TurnHold` says; released at the end of the test."""
+    holds: list[TurnHold] = []
+
+    def hold(kind: type = ReasoningDelta, text: str = "", engine_class: type = Engine,
+             ) -> TurnHold:
+        turn_hold = TurnHold(kind, text)
+        original = engine_class.stream_chat
+
+        def stream_chat(engine, *args, **kwargs):
+            return turn_hold.wrap(original(engine, *args, **kwargs))
+
+        monkeypatch.setattr(engine_class, "stream_chat", stream_chat)
+        holds.append(turn_hold)
+        return turn_hold
+
+    yield hold
+    for turn_hold in holds:
+        turn_hold.release()
 
 
 @pytest.fixture

@@ -68,7 +68,9 @@ async def test_keep_reasoning_open_setting(make_app, prefill_engine):
         assert answer.reasoning.title.startswith("Thought for ")
 
 
-async def test_stop_keeps_the_partial_answer_marked_stopped(make_app, store, r1_loop_model):
+async def test_stop_keeps_the_partial_answer_marked_stopped(make_app, store, r1_loop_model,
+                                                            hold_turns):
+    held = hold_turns(text="Hmm, let me think")
     app = make_app(model_path=r1_loop_model)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
@@ -83,6 +85,7 @@ async def test_stop_keeps_the_partial_answer_marked_stopped(make_app, store, r1_
         assert widget.reasoning is not None and not widget.reasoning.collapsed
         assert widget.reasoning.title.startswith("Thinking…")
         await pilot.press("escape")
+        held.release()
         await wait_for(pilot, lambda: chat.turn is None, what="the stop")
         await pilot.pause()
 

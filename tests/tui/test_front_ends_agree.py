@@ -58,16 +58,16 @@ async def test_models_screen_rows_are_the_listing_rows(make_app, prefill_engine,
         installed, available = screen.installed_table, screen.available_table
         await wait_for(pilot, lambda: installed.row_count == 1 and available.row_count > 10,
                        what="the lists")
-        cells = [str(installed.get_cell_at((0, i))) for i in range(5)]
+        cells = [str(installed.get_cell_at((0, i))) for i in range(6)]
         assert cells == [row.name, format_bytes(row.model.size_bytes), row.quant,
-                         row.fit_label, row.last_used]
+                         row.fit_label, row.speed, row.last_used]
         assert row.last_used == "3 h ago"
         shown = [(str(available.get_cell_at((i, 1))), str(available.get_cell_at((i, 4))))
                  for i in range(available.row_count)]
         assert shown == [(r.name, r.fit.label) for r in not_installed]
     # `localr1 list` prints the same row.
     line = localr1("list").stdout.splitlines()[1]
-    assert line.startswith("mine ") and line.endswith(f"{row.fit_label}  3 h ago")
+    assert line.startswith("mine ") and line.endswith(f"{row.fit_label}  {row.speed}  3 h ago")
 
 
 async def test_pull_panel_shows_the_planned_fit(make_app, prefill_engine, monkeypatch, tmp_path,

@@ -64,6 +64,12 @@ async def test_welcome_flow_when_no_model(make_app, tmp_path, r1_prefill_model):
         await pilot.press("enter")
         error = app.screen.query_one("#error")
         await wait_for(pilot, lambda: "no such file" in str(error.render()), what="the error")
+        # A typed path's escape sequences are shown, never sent to the terminal.
+        box.value = str(tmp_path / "clear\x1b[2J.gguf")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "clear" in str(error.render())
+                       and "checking" not in str(error.render()), what="the error")
+        assert "\x1b" not in str(error.render()) and "\\x1b[2J" in str(error.render())
         not_gguf = tmp_path / "notes.gguf"
         not_gguf.write_text("not a model")
         box.value = str(not_gguf)
@@ -75,7 +81,9 @@ async def test_welcome_flow_when_no_model(make_app, tmp_path, r1_prefill_model):
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.model_state == "ready", what="the model")
         assert app.screen is app.chat
-        assert "scripted R1" in str(app.chat.header.render())
+        # The header names it as the library does (not by the GGUF's general.name).
+        header = str(app.chat.header.render())
+        assert app.model_label in header and "scripted R1" not in header
         await send(pilot, "hi")
         assert app.chat._last_answer().finish_reason == "stop"
     # It was added to the library (not copied), so the next start finds it.
@@ -143,7 +151,9 @@ async def test_out_of_context_is_a_notification_and_the_text_is_kept(make_app, s
         long_prompt = "word " * 700  # the loop model's context is 512 tokens
         await send(pilot, long_prompt)
         messages = [str(n.message) for n in app._notifications]
-        assert any("context window" in m for m in messages)
+        # Said in the app's terms: no CLI flags.
+        assert any("too long for the context" in m for m in messages)
+        assert not any("--ctx" in m or "--max-tokens" in m for m in messages)
         # The message is in the store (as sent), shown, and the app takes the next prompt.
         branch = store.branch(store.latest_conversation_id())
         assert branch[0].content == long_prompt and branch[-1].finish_reason == "error"

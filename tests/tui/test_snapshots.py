@@ -1,5 +1,7 @@
 """Screenshots of the main screens (pytest-textual-snapshot). Deterministic: fixed terminal
-sizes, fixed data, and `show_timings=False` so no clock or speed reaches the picture.
+sizes, fixed data, `show_timings=False` so no clock or speed reaches the picture, cursors that
+do not blink (conftest.steady_cursors), a fixed machine for fit labels and speed estimates, and
+waits on the screen's state, never on time.
 
 After an intended change of the look: pytest tests/tui/test_snapshots.py --snapshot-update
 """
@@ -10,13 +12,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from localr1.config import Settings
 from localr1.models import fit
 from localr1.paths import AppPaths
 from localr1.tui.app import LocalR1App
 from localr1.tui.prefs import TuiPrefs
-from tests.tui.conftest import send
+from tests.tui.conftest import send, wait_for
 
 FIXED_PATHS = AppPaths(config_dir=Path("/home/you/.config/localr1"),
                        data_dir=Path("/home/you/.local/share/localr1"),
@@ -68,8 +71,10 @@ def test_chat_reasoning_open_narrow(snap_compare, store, prefill_engine):
 
 @pytest.fixture
 def fixed_machine(monkeypatch):
-    """Fit labels from a fixed machine (16 GB of RAM free, no GPU), not from this one's."""
-    machine = fit.MachineMemory(16 * 10**9, 32 * 10**9, False, 0, "CPU")
+    """Fit labels and speed estimates from a fixed machine (16 GB of RAM free, 20 GB/s, no
+    GPU), not from this one's."""
+    machine = fit.MachineMemory(16 * 10**9, 32 * 10**9, False, 0, "CPU",
+                                cpu_bandwidth=20 * 10**9)
     monkeypatch.setattr(fit, "machine_memory", lambda: machine)
 
 
@@ -79,14 +84,23 @@ async def _wait_for_workers(pilot) -> None:
 
 
 def test_welcome_screen(snap_compare, store, fixed_machine):
-    assert snap_compare(_app(store), terminal_size=(100, 32), run_before=_wait_for_workers)
+    async def run_before(pilot) -> None:
+        await _wait_for_workers(pilot)
+        boxes = list(pilot.app.screen.query(Input))
+        # The cursor is drawn whenever the screenshot is taken: it does not blink.
+        assert boxes and not any(box.cursor_blink for box in boxes)
+
+    assert snap_compare(_app(store), terminal_size=(100, 32), run_before=run_before)
 
 
 def test_models_screen(snap_compare, store, prefill_engine, fixed_machine):
     async def run_before(pilot) -> None:
         await pilot.press("ctrl+l")
         await _wait_for_workers(pilot)
-        await pilot.pause(0.2)
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: not screen.installed_table.loading
+                       and screen.available_table.row_count > 0, what="the listing")
+        await pilot.pause()
 
     app = _app(store, engine=prefill_engine)
     assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)

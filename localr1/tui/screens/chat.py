@@ -7,12 +7,13 @@ showing it); what the screen reads and changes in the history goes through
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import EllipsisType
 from typing import TYPE_CHECKING
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import ActiveBinding, Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
@@ -22,7 +23,8 @@ from localr1.store import Conversation, Message
 from localr1.tui.conversation_actions import ConversationActions
 from localr1.tui.conversation_settings import ConversationSettings
 from localr1.tui.conversation_view import ConversationView, Role, context_used
-from localr1.tui.messages import ContextWasTrimmed, TurnEnded, TurnFailed
+from localr1.tui.messages import ContextWasTrimmed, StoreCheckDue, TurnEnded, TurnFailed
+from localr1.tui.turn_errors import turn_error
 from localr1.tui.turn_runner import ActiveTurn, TurnRunner
 from localr1.tui.widgets.chat_log import ChatLog, message_views
 from localr1.tui.widgets.edit_banner import EditBanner
@@ -36,6 +38,17 @@ if TYPE_CHECKING:
     from localr1.tui.widgets.message_view import AssistantMessage, Versions
 
 NARROW_WIDTH = 80  # below this many columns the sidebar hides
+# Below these many columns the footer's keys would be cut off: it drops the spaces between
+# them, then lists only the main keys (F1 lists them all).
+FOOTER_FULL_WIDTH = 110
+FOOTER_COMPACT_WIDTH = 100
+NARROW_FOOTER_ACTIONS = frozenset({"new_chat", "stop", "answer_now", "settings", "models",
+                                   "help"})
+# Keys refused while a reply streams: the footer leaves them out then.
+WAIT_FOR_THE_TURN_ACTIONS = frozenset({"regenerate", "edit_last"})
+# How often the open conversation is compared with the store (one small query), so turns
+# that `localr1 run --cid N` adds from another terminal show up.
+STORE_CHECK_SECONDS = 2.0
 STREAMING = "A reply is still streaming: esc stops it."
 
 
@@ -44,6 +57,8 @@ class ChatScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+n", "new_chat", "New"),
         Binding("escape", "stop", "Stop"),
+        # Only while the model thinks. Not a ctrl key: the text boxes use those for editing.
+        Binding("f5", "answer_now", "Answer now"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+g", "edit_last", "Edit"),
         Binding("ctrl+b", "copy_answer", "Copy"),
@@ -70,6 +85,8 @@ class ChatScreen(Screen[None]):
         self.actions = ConversationActions(self)
         self.edit_banner = EditBanner(id="edit-banner")
         self.conv_settings: ConversationSettings | None = None
+        self._answer_now_shown = False
+        self._footer_width: tuple[bool, bool] = (False, False)  # (compact, main keys only)
 
     @property
     def app(self) -> LocalR1App:  # type: ignore[override]
@@ -131,11 +148,38 @@ class ChatScreen(Screen[None]):
         await self.open_conversation(self._initial_id)
         self.model_changed()
         self.prompt.focus()
+        self.set_interval(STORE_CHECK_SECONDS, self._check_store)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
-            return True if self.turn is not None or self.editing is not None else None
+            return True if self.turn is not None or self.editing is not None \
+                or self.sidebar.searching else None
+        if action == "answer_now":
+            return self.thinking and self._can_answer_now
         return True
+
+    @property
+    def active_bindings(self) -> dict[str, ActiveBinding]:
+        """What the footer lists: only the main keys on a narrow terminal; while a reply
+        streams, not the keys that must wait for its end (room for "answer now")."""
+        bindings = super().active_bindings
+
+        def listed(action: str) -> bool:
+            if self._footer_width[1] and action not in NARROW_FOOTER_ACTIONS:
+                return False
+            return self.turn is None or action not in WAIT_FOR_THE_TURN_ACTIONS
+
+        return {key: active if listed(active.binding.action) else
+                active._replace(binding=replace(active.binding, show=False))
+                for key, active in bindings.items()}
+
+    def on_resize(self, event: events.Resize) -> None:
+        width = event.size.width
+        footer = (width < FOOTER_FULL_WIDTH, width < FOOTER_COMPACT_WIDTH)
+        if footer != self._footer_width:
+            self._footer_width = footer
+            self.query_one(Footer).compact = footer[0]
+            self.refresh_bindings()
 
     def _failed(self, exc: Exception, prefix: str = "") -> None:
         self.notify(f"{prefix}{exc}", severity="error", markup=False)
@@ -148,7 +192,7 @@ class ChatScreen(Screen[None]):
         if app.model_state == "loading":
             self.header.show_model(None, loading=app.loading_label)
         elif app.engine is not None:
-            self.header.show_model(app.engine.info)
+            self.header.show_model(app.engine.info, name=app.model_label)
         else:
             self.header.show_model(None, problem=app.model_problem)
         self.turns.model_changed()
@@ -186,7 +230,8 @@ class ChatScreen(Screen[None]):
         return message_views().AssistantMessage(
             model_label=label, message=message, versions=versions,
             keep_reasoning_open=app.prefs.keep_reasoning_open, show_timings=app.show_timings,
-            expect_reasoning=expect_reasoning)
+            expect_reasoning=expect_reasoning,
+            error=turn_error(self.conversation, message.id if message is not None else None))
 
     def versions(self, message: Message) -> Versions | None:
         position = self.conversations.version_of(message)
@@ -242,11 +287,14 @@ class ChatScreen(Screen[None]):
             try:
                 conversation = self.conversations.create(
                     model=app.model_label, system_prompt=settings.system_prompt,
-                    params=settings.params_json(app.settings))
+                    params=settings.params_json(app.settings), first_message=text)
             except LocalR1Error as exc:
                 self._failed(exc)
                 return  # the prompt keeps its text
             app.new_chat_settings = None
+            # Listed (and titled) now, not when the answer ends.
+            self.sidebar.reload(conversation.id)
+            self.header.show_title(conversation.title)
         parent: int | None | EllipsisType = ... if editing is None else editing.parent_id
         if editing is not None:
             await self.log_view.remove_from(editing.id)
@@ -301,6 +349,33 @@ class ChatScreen(Screen[None]):
             self.prompt.move_cursor(self.prompt.document.end)
         self.sidebar.reload(self.conversation.id if self.conversation else None)
 
+    def _check_store(self) -> None:
+        """The timer: the footer's "answer now" follows the thinking; the store check is
+        a message, so it runs in turn with the screen's other handlers (a send), never
+        between their awaits."""
+        if self.thinking != self._answer_now_shown:
+            self._answer_now_shown = self.thinking
+            self.refresh_bindings()
+        if self.conversation is not None and self.turn is None:
+            self.post_message(StoreCheckDue())
+
+    @on(StoreCheckDue)
+    async def _store_check_due(self) -> None:
+        """Show the open conversation again when another program (`localr1 run --cid N`)
+        changed it, unless the user is busy with it here (a turn, an edit, a dialog)."""
+        conversation = self.conversation
+        if conversation is None or self.turn is not None or self.editing is not None \
+                or self.app.screen is not self:
+            return
+        try:
+            stored = self.conversations.changed_in_store()
+        except LocalR1Error:
+            await self.actions.deleted_elsewhere(conversation.id)
+            return
+        if stored is not None:
+            await self.open_conversation(stored.id)
+            self.sidebar.reload(stored.id)
+
     def refresh_conversation(self) -> None:
         """The open conversation changed in the store (a turn, a rename, a pin)."""
         conversation = self.conversations.refresh()
@@ -311,13 +386,38 @@ class ChatScreen(Screen[None]):
     # ---- stop, edit, versions ----------------------------------------------------------------
 
     def action_stop(self) -> None:
-        if self.turn is not None:
+        """Esc: close the search results first, then stop the reply or cancel the edit."""
+        if self.sidebar.searching:
+            self.sidebar.clear_filter()
+            self.prompt.focus()
+        elif self.turn is not None:
             self.turns.stop()
         elif self.editing is not None:
             self._end_edit()
         elif self.focused is not None and self.focused.id == "filter":
-            self.sidebar.clear_filter()
             self.prompt.focus()
+        self.refresh_bindings()
+
+    @property
+    def thinking(self) -> bool:
+        """A reply is streaming, its answer has not started, and the model thinks (or an R1
+        model will: its think block opens in the prompt)."""
+        turn, engine = self.turn, self.app.engine
+        return turn is not None and not turn.widget.answer_text and \
+            bool(turn.widget.reasoning_text or (engine is not None and engine.info.is_r1))
+
+    @property
+    def _can_answer_now(self) -> bool:  # not a model on a server
+        return self.app.engine is None or self.app.engine.info.can_answer_now
+
+    def action_answer_now(self) -> None:
+        """End the think block of the running turn: the model answers at once."""
+        if not self._can_answer_now:  # from the command palette
+            self.notify("A model on a server cannot be told to stop thinking.")
+        elif self.thinking:
+            self.turns.answer_now()
+        else:  # from the command palette
+            self.notify("The model is not thinking now.")
 
     @on(PromptInput.EditLastRequested)
     def action_edit_last(self) -> None:

@@ -12,7 +12,9 @@ HELP = """\
 # localr1 chat — keys
 
 - **Enter** send · **Shift+Enter** or **Ctrl+J** new line in the prompt
-- **Esc** stop generating (the partial answer stays, marked stopped); cancel an edit
+- **Esc** close the search results; stop generating (the partial answer stays, marked
+  stopped); cancel an edit
+- **F5** while the model thinks: answer now (ends the reasoning, the model answers)
 - **Ctrl+N** new chat · **Ctrl+F** search the history · **Ctrl+\\\\** show/hide the sidebar
 - **Ctrl+R** regenerate the last answer (the old one stays as a version)
 - **Alt+← / Alt+→** previous / next version of the last answer
@@ -22,7 +24,7 @@ HELP = """\
 - **Ctrl+B** copy the last answer · **Ctrl+O** copy its code blocks, last first
 - **F2** rename · **F3** pin / unpin · **F8** delete the conversation
 - **Ctrl+S** export the conversation to Markdown
-- **F4** settings of this conversation · **Ctrl+L** models
+- **F4** settings of this conversation (reasoning effort, context…) · **Ctrl+L** models
 - **Ctrl+P** command palette: every action by name · **Ctrl+Q** quit
 """
 

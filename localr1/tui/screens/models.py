@@ -1,6 +1,7 @@
-"""Ctrl+L: the model manager. Installed models (size, quant, fit, last used): use one for this
-chat, set the default, remove one. The catalog's models not installed here, with their fit and
-the quant recommended for this machine: pull one with a live progress bar (cancel, resume).
+"""Ctrl+L: the model manager. Installed models (size, quant, fit, estimated speed, last used):
+use one for this chat, set the default, remove one, import a GGUF file (`i`). The catalog's
+models not installed here, with their fit, speed and the quant recommended for this machine:
+pull one with a live progress bar (cancel, resume).
 
 The rows are `localr1.models.listing`'s, the ones `localr1 list` prints. Listing reads GGUF
 headers (slow for big files) and the fit estimate probes memory, so a worker does it and posts
@@ -46,6 +47,7 @@ class ModelsScreen(Screen[Path | None]):
     """
     BINDINGS = [Binding("enter", "select", "Use / pull", show=True),
                 Binding("p", "pull", "Pull"),
+                Binding("i", "import_file", "Import a GGUF file"),
                 Binding("s", "set_default", "Set default"),
                 Binding("delete,d", "delete", "Remove"),
                 Binding("c", "cancel_pull", "Cancel pull"),
@@ -60,12 +62,14 @@ class ModelsScreen(Screen[Path | None]):
         self.default_model = default_model
         self.rows: dict[str, InstalledRow] = {}
         self.catalog_rows: dict[str, CatalogRow] = {}
+        self._select_after_listing: str | None = None  # a model's name, just imported
 
     def compose(self) -> ComposeResult:
         yield Static("Models", classes="title")
         yield Static(Content(f"folder: {self.models_dir}"), classes="folder")
-        yield Static("enter uses an installed model or pulls an available one · tab switches "
-                     "lists · downloads go on while you chat", classes="hint")
+        yield Static("enter uses an installed model or pulls an available one · i imports a "
+                     "GGUF file · tab switches lists · downloads go on while you chat",
+                     classes="hint")
         yield Static("Installed", classes="section", id="installed-title")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="installed")
         yield Static("Available from the Hugging Face Hub  (★ recommended for this machine)",
@@ -83,12 +87,14 @@ class ModelsScreen(Screen[Path | None]):
         return self.query_one("#available", DataTable)
 
     def on_mount(self) -> None:
-        for label, key, width in (("Name", "name", 34), ("Size", "size", 9),
+        for label, key, width in (("Name", "name", 24), ("Size", "size", 9),
                                   ("Quant", "quant", 8), ("Fit", "fit", 26),
-                                  ("Last used", "used", 12), ("", "state", 18)):
+                                  ("Speed", "speed", 11), ("Last used", "used", 12),
+                                  ("", "state", 17)):
             self.installed_table.add_column(label, key=key, width=width)
         for label, key, width in (("", "star", 1), ("Name", "name", 20), ("Model", "title", 30),
-                                  ("Size", "size", 9), ("Fit", "fit", 26)):
+                                  ("Size", "size", 9), ("Fit", "fit", 26),
+                                  ("Speed", "speed", 11)):
             self.available_table.add_column(label, key=key, width=width)
         self.installed_table.focus()
 
@@ -124,12 +130,18 @@ class ModelsScreen(Screen[Path | None]):
         self.rows = {str(row.model.path): row for row in message.rows}
         for key, row in self.rows.items():
             table.add_row(literal(row.name), format_bytes(row.model.size_bytes),
-                          literal(row.quant), row.fit_label, row.last_used,
+                          literal(row.quant), row.fit_label, row.speed, row.last_used,
                           self._state(row.model), key=key)
+        imported = self._select_after_listing
+        self._select_after_listing = None
+        keys = [str(row.model.path) for row in message.rows if row.name == imported]
+        if keys:
+            keep = table.get_row_index(keys[0])
+            table.focus()
         table.move_cursor(row=min(keep, max(0, table.row_count - 1)))
         self.query_one("#installed-title", Static).update(
             "Installed" if self.rows else
-            "Installed: none yet — pull one below, or `localr1 import PATH.gguf`")
+            "Installed: none yet — pull one below, or i imports a GGUF file")
         available = self.available_table
         keep = available.cursor_row
         available.clear()
@@ -137,10 +149,11 @@ class ModelsScreen(Screen[Path | None]):
                              if not isinstance(row, str)}
         for row in message.catalog:
             if isinstance(row, str):  # the catalog could not be read: why, in the list
-                available.add_row("", "?", literal(row), "", "", key="?")
+                available.add_row("", "?", literal(row), "", "", "", key="?")
                 continue
             available.add_row("★" if row.recommended else "", row.name, row.title,
-                              format_bytes(row.entry.size_bytes), row.fit.label, key=row.name)
+                              format_bytes(row.entry.size_bytes), row.fit.label,
+                              row.fit.speed_text, key=row.name)
         available.move_cursor(row=min(keep, max(0, available.row_count - 1)))
         if not self.rows:
             available.focus()
@@ -184,6 +197,18 @@ class ModelsScreen(Screen[Path | None]):
             self.notify("Choose a model in the Available list first.", severity="warning")
             return
         self.query_one(PullPanel).start(row.name)
+
+    def action_import_file(self) -> None:
+        from localr1.tui.screens.import_gguf import ImportScreen
+
+        def imported(name: str | None) -> None:
+            if name is None:
+                return
+            self.notify(f"{name} is in your models: enter uses it.", markup=False)
+            self._select_after_listing = name
+            self.action_refresh()
+
+        self.app.push_screen(ImportScreen(self.models_dir), imported)
 
     def action_cancel_pull(self) -> None:
         self.query_one(PullPanel).cancel()

@@ -1,4 +1,8 @@
-"""F4: this conversation's settings (saved with it) and the reasoning display preference."""
+"""F4: this conversation's settings (saved with it) and the reasoning display preference.
+
+The reasoning effort (none/low/medium/high) is a name for a reasoning budget: choosing one
+fills in the budget, and a budget typed by hand shows as "custom".
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,16 @@ from dataclasses import dataclass, replace
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
 from localr1.config import parse_gpu_layers
-from localr1.tui.conversation_settings import ConversationSettings
+from localr1.engine.events import REASONING_EFFORT_BUDGETS
+from localr1.tui.conversation_settings import ConversationSettings, reasoning_effort
+
+EFFORTS = (*REASONING_EFFORT_BUDGETS, "custom")
 
 
 @dataclass(frozen=True)
@@ -40,46 +47,80 @@ def _number(text: str, name: str, kind: type, low: float, high: float | None = N
 class SettingsScreen(ModalScreen[SettingsResult | None]):
     DEFAULT_CSS = """
     SettingsScreen { align: center middle; background: $background 60%; }
-    SettingsScreen > Vertical {
-        width: 76; max-width: 98%; height: auto; max-height: 98%; border: thick $primary;
-        background: $surface; padding: 0 1;
+    SettingsScreen > VerticalScroll {
+        width: 76; max-width: 100%; height: auto; max-height: 100%; border: thick $primary;
+        background: $surface; padding: 0 1; scrollbar-size-vertical: 1;
     }
     SettingsScreen .title { text-style: bold; margin-bottom: 1; }
     SettingsScreen .row { height: 1; margin-bottom: 1; }
     SettingsScreen .row > Label { width: 34; }
-    SettingsScreen .row > Input { width: 1fr; }
+    SettingsScreen .row > Input, SettingsScreen .row > Select { width: 1fr; }
+    SettingsScreen .row.-noted { margin-bottom: 0; }
+    SettingsScreen #context_in_use { color: $text-muted; margin-bottom: 1; }
     SettingsScreen #system_prompt { height: 5; margin-bottom: 1; }
     SettingsScreen #keep_open { margin-bottom: 1; }
     SettingsScreen #error { color: $text-error; height: auto; }
     SettingsScreen .buttons { height: 3; align-horizontal: right; }
     SettingsScreen .buttons Button { margin-left: 2; }
+    /* A short terminal: no blank lines between the rows, so it all fits or scrolls. */
+    SettingsScreen.-short .title, SettingsScreen.-short .row { margin-bottom: 0; }
+    SettingsScreen.-short #context_in_use { margin: 0; }
+    SettingsScreen.-short #system_prompt { height: 3; margin-bottom: 0; }
+    SettingsScreen.-short #keep_open { margin-bottom: 0; }
     """
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
 
-    def __init__(self, settings: ConversationSettings, keep_reasoning_open: bool) -> None:
+    def __init__(self, settings: ConversationSettings, keep_reasoning_open: bool, *,
+                 context_in_use: int | None = None, context_trained: int | None = None,
+                 ) -> None:
+        """`context_in_use`: the loaded model's context (None: none loaded); it can be
+        below the setting (the model's maximum is `context_trained`)."""
         super().__init__()
         self.settings = settings
         self.keep_reasoning_open = keep_reasoning_open
+        self.context_in_use = context_in_use
+        self.context_trained = context_trained
+        # The effort last shown: the Select reports its first value too, and one set to
+        # follow a typed budget; only the user's pick of "custom" moves the focus.
+        self._effort_shown = settings.reasoning_effort
+
+    def context_note(self) -> str:
+        """What the model really runs with, when that is not the setting."""
+        in_use, wanted = self.context_in_use, self.settings.context_size
+        if in_use is None or in_use == wanted:
+            return ""
+        if self.context_trained is not None and in_use >= self.context_trained < wanted:
+            return f"In use: {in_use:,} tokens, the model's maximum"
+        return f"In use: {in_use:,} tokens"
 
     def compose(self) -> ComposeResult:
         s = self.settings
-        with Vertical():
+        with VerticalScroll(can_focus=False):  # the first field takes the focus
             yield Static(Content("Conversation settings"), classes="title")
             for field, label, value in (
                     ("temperature", "Temperature (0–5)", s.temperature),
                     ("top_p", "Top p (0–1]", s.top_p),
                     ("max_tokens", "Max tokens (0 = no limit)", s.max_tokens),
+                    ("reasoning_effort", "Reasoning effort", s.reasoning_effort),
                     ("reasoning_budget", "Reasoning budget (-1 = unlimited)",
                      s.reasoning_budget),
                     ("context_size", "Context size (reloads the model)", s.context_size),
                     ("gpu_layers", "GPU layers: auto/all/N (reloads)", s.gpu_layers)):
-                with Horizontal(classes="row"):
+                noted = field == "context_size" and self.context_note()
+                with Horizontal(classes="row -noted" if noted else "row"):
                     yield Label(label)
-                    yield Input(str(value), id=field, compact=True)
+                    if field == "reasoning_effort":
+                        yield Select([(name, name) for name in EFFORTS], value=value,
+                                     allow_blank=False, compact=True, id=field)
+                    else:
+                        yield Input(str(value), id=field, compact=True)
+                if noted:
+                    yield Static(Content(self.context_note()), id="context_in_use")
             yield Label("System prompt (R1: folded into the first message)")
             yield TextArea(s.system_prompt or "", id="system_prompt", soft_wrap=True,
                            compact=True)
-            yield Checkbox("Keep the reasoning open when the answer starts (all chats)",
+            yield Checkbox("Keep the reasoning open when answering (all chats)",
                            self.keep_reasoning_open, id="keep_open", compact=True)
             yield Static("", id="error")
             with Horizontal(classes="buttons"):
@@ -88,6 +129,29 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
 
     def _value(self, field: str) -> str:
         return self.query_one(f"#{field}", Input).value
+
+    @on(Select.Changed, "#reasoning_effort")
+    def _effort_chosen(self, event: Select.Changed) -> None:
+        if event.value == self._effort_shown:
+            return
+        self._effort_shown = str(event.value)
+        budget = REASONING_EFFORT_BUDGETS.get(str(event.value))
+        box = self.query_one("#reasoning_budget", Input)
+        if budget is None:  # "custom": the budget is typed
+            box.focus()
+        elif box.value.strip() != str(budget):
+            box.value = str(budget)
+
+    @on(Input.Changed, "#reasoning_budget")
+    def _budget_typed(self, event: Input.Changed) -> None:
+        try:
+            effort = reasoning_effort(int(event.value.strip()))
+        except ValueError:
+            effort = "custom"
+        select = self.query_one("#reasoning_effort", Select)
+        if select.value != effort:
+            self._effort_shown = effort
+            select.value = effort
 
     def read(self) -> SettingsResult:
         gpu_text = self._value("gpu_layers")

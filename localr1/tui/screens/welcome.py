@@ -1,9 +1,9 @@
 """First run without a model: download the default one in place, or type the path of a GGUF.
 
-The download button names the catalog's default model with its size and fit label (worked out
-in a worker: the fit probes memory and llama.cpp's backend); the pull runs in a `PullPanel`.
-Dismisses with the model's path (the app then loads it), or None to browse the history
-without a model.
+The download button names the catalog's default model with its size, fit label and estimated
+speed (worked out in a worker: the fit probes memory, bandwidth and llama.cpp's backend); the
+pull runs in a `PullPanel`. Dismisses with the model's path (the app then loads it), or None to
+browse the history without a model.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from textual.widgets import Button, Footer, Input, Static
 from localr1.errors import LocalR1Error
 from localr1.models.library import installed_models
 from localr1.sizes import format_bytes
+from localr1.tui.formatting import literal
 from localr1.tui.widgets.pull_panel import PullPanel
 
 DEFAULT_PULL = "r1"  # the catalog's default: the smallest distill, fine on any laptop
@@ -72,7 +73,7 @@ class WelcomeScreen(Screen[Path | None]):
                 yield Input(placeholder="/path/to/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf",
                             id="model_path")
                 yield Button("Use this file", id="use", variant="primary")
-            yield Static(Content(self.problem or ""), id="error")
+            yield Static(literal(self.problem or ""), id="error")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -83,6 +84,7 @@ class WelcomeScreen(Screen[Path | None]):
     def _describe_default(self) -> None:
         """Name, size and fit of the default model on its button (`list --available`'s row)."""
         from localr1.models.catalog import load_catalog
+        from localr1.models.fit import label_and_speed
         from localr1.models.listing import catalog_rows
 
         try:
@@ -94,7 +96,8 @@ class WelcomeScreen(Screen[Path | None]):
             return
         self.app.call_from_thread(self._describe_pull,
                                   f"Download {row.name} ({format_bytes(row.entry.size_bytes)})",
-                                  f"{row.title}, {row.entry.quant.quant}: {row.fit.label}")
+                                  f"{row.title}, {row.entry.quant.quant}: "
+                                  f"{label_and_speed(row.fit)}")
 
     def _describe_pull(self, label: str, facts: str) -> None:
         button = self.query_one("#pull", Button)
@@ -116,16 +119,14 @@ class WelcomeScreen(Screen[Path | None]):
     def _import(self, text: str) -> None:
         """Validate the GGUF and register it in the library (no copy), so it is listed and
         found next time; headers of big files take a moment to read, hence a worker."""
-        from localr1.models.choice import name_model, record_use
-        from localr1.models.library import resolve_model
+        from localr1.models.choice import use_typed_model
 
         try:
-            path = resolve_model(text, self.models_dir)
-            record_use(name_model(path, self.models_dir), self.models_dir, remember=True)
+            chosen = use_typed_model(text, self.models_dir)
         except LocalR1Error as exc:
             self.app.call_from_thread(self._error, str(exc))
             return
-        self.app.call_from_thread(self.dismiss, path)
+        self.app.call_from_thread(self.dismiss, chosen.path)
 
     @on(Button.Pressed, "#pull")
     def action_pull(self) -> None:
@@ -151,4 +152,4 @@ class WelcomeScreen(Screen[Path | None]):
         self.dismiss(next(iter(models.values())))
 
     def _error(self, text: str) -> None:
-        self.query_one("#error", Static).update(Content(text))
+        self.query_one("#error", Static).update(literal(text))

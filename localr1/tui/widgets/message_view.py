@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
     from localr1.engine.events import TurnStats
 
 
+REPETITION_NOTE = "↻ stopped: the model kept repeating itself"
+STILL_WRITING_NOTE = "… still being written elsewhere…"
+# An answer stored as 'incomplete' (its writer has not finished it) that began this recently is
+# taken for one another program (`localr1 run --cid N`) is still writing; an older one was cut
+# off by a program that closed mid-answer.
+STILL_WRITING_SECONDS = 600
+
+
 @dataclass(frozen=True)
 class Versions:
     """This message is version `index` (1-based) of `total` siblings (regenerations, edits)."""
@@ -40,6 +49,19 @@ def display_model_name(label: str | None) -> str:
         return "Assistant"
     name = label.replace("\\", "/").rsplit("/", 1)[-1]
     return name.removesuffix(".gguf") or label
+
+
+def being_written(message: Message, now: datetime | None = None) -> bool:
+    """Whether `message`, an answer not finished in the store, is likely still being
+    written (see STILL_WRITING_SECONDS)."""
+    try:
+        created = datetime.fromisoformat(message.created_at)
+    except ValueError:
+        return False
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    age = ((now or datetime.now(UTC)) - created).total_seconds()
+    return message.finish_reason == "incomplete" and age < STILL_WRITING_SECONDS
 
 
 class ReasoningBlock(Collapsible):
@@ -104,7 +126,8 @@ class AssistantMessage(Vertical):
 
     def __init__(self, *, model_label: str | None, message: Message | None = None,
                  versions: Versions | None = None, keep_reasoning_open: bool = False,
-                 show_timings: bool = True, expect_reasoning: bool = False) -> None:
+                 show_timings: bool = True, expect_reasoning: bool = False,
+                 error: str | None = None) -> None:
         super().__init__()
         self.model_label = model_label
         self.message_id = message.id if message else None
@@ -115,6 +138,7 @@ class AssistantMessage(Vertical):
         self.finish_reason: str | None = message.finish_reason if message else None
         self.answer_text = message.content if message else ""
         self.reasoning_text = (message.reasoning or "") if message else ""
+        self.error = error  # why the turn failed, in the app's words (see tui/turn_errors.py)
         self._stored = message
         self._stats: TurnStats | None = None
         self._thinking_started: float | None = None
@@ -258,11 +282,17 @@ class AssistantMessage(Vertical):
             elif reason == "length":
                 parts.append("✂ cut off: out of tokens or context")
                 warn = True
+            elif reason == "incomplete" and self._stored is not None \
+                    and being_written(self._stored):
+                parts.append(STILL_WRITING_NOTE)
             elif reason == "incomplete":
                 parts.append("⚠ interrupted (the app closed mid-answer)")
                 warn = True
+            elif reason == "repetition":
+                parts.append(REPETITION_NOTE)
+                warn = True
             elif reason == "error":
-                parts.append("⚠ ended by an error")
+                parts.append(f"⚠ {self.error}" if self.error else "⚠ ended by an error")
                 warn = True
             if not self.answer_text.strip() and reason == "stop":
                 parts.append("(empty answer)")
@@ -283,5 +313,5 @@ class AssistantMessage(Vertical):
             return  # an update is a layout pass; the footer rarely changes while streaming
         self._footer_text = text
         self.footer.set_class(warn, "-warn")
-        self.footer.update(Content(text))
+        self.footer.update(literal(text))
         self.footer.display = bool(parts)

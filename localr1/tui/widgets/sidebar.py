@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
@@ -58,6 +58,26 @@ def snippet_prompt(hit: SearchHit) -> Content:
     return Content.assemble(title, "\n", *parts)
 
 
+class SearchBox(Input):
+    """The filter box. Its editing keys (ctrl+u, ctrl+w, ctrl+k…) run as they arrive: as
+    bindings they would run only after bubbling through the parents' queues, after the keys
+    typed right behind them (typing after ctrl+u was lost)."""
+
+    _EDITING_KEYS = frozenset({"ctrl+u", "ctrl+w", "ctrl+k", "ctrl+a", "ctrl+e",
+                               "ctrl+d", "backspace", "delete", "home", "end", "left",
+                               "right"})
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key in self._EDITING_KEYS:
+            bindings = self._bindings.key_to_bindings.get(event.key, [])
+            if bindings:
+                event.stop()
+                event.prevent_default()
+                await self.run_action(bindings[0].action)
+                return
+        await super()._on_key(event)
+
+
 class ConversationSidebar(Vertical):
     DEFAULT_CSS = """
     ConversationSidebar { width: 34; height: 1fr; border-right: vkey $border-blurred; }
@@ -82,7 +102,7 @@ class ConversationSidebar(Vertical):
         self.query_text = ""
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="Search history  ctrl+f", id="filter")
+        yield SearchBox(placeholder="Search history  ctrl+f", id="filter")
         yield OptionList(id="conversations")
 
     @property
@@ -177,6 +197,11 @@ class ConversationSidebar(Vertical):
 
     def clear_filter(self) -> None:
         self.query_one("#filter", Input).value = ""
+
+    @property
+    def searching(self) -> bool:
+        """Search results (or a search being typed) are shown instead of the list."""
+        return bool(self.query_one("#filter", Input).value.strip() or self.query_text)
 
     def _search(self, text: str) -> None:
         self.query_text = text
