@@ -12,6 +12,12 @@ import click
 
 from localr1 import __version__
 from localr1.cli.conversation_id import CONVERSATION_ID
+from localr1.cli.endpoint_options import (
+    answer_format,
+    connect_endpoint,
+    endpoint_options,
+    json_schema_option,
+)
 from localr1.cli.params import setting_check
 from localr1.errors import LocalR1Error
 from localr1.terminal_text import safe_echo
@@ -52,11 +58,17 @@ def cli(ctx: click.Context) -> None:
 @cli.command()
 @click.argument("conversation_id", type=CONVERSATION_ID, required=False)
 @click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
-def chat(conversation_id: int | None, model: str | None) -> None:
+@endpoint_options
+@click.pass_context
+def chat(ctx: click.Context, conversation_id: int | None, model: str | None,
+         endpoint: str | None, api_key: str | None) -> None:
     """Chat in the terminal UI (optionally reopening CONVERSATION_ID)."""
     from localr1.tui.app import run_chat
 
-    run_chat(model, conversation_id)
+    remote = connect_endpoint(endpoint, model, api_key) if endpoint is not None else None
+    code = run_chat(model, conversation_id, remote=remote)
+    if code:  # the app crashed (Textual printed why) or exited with a code
+        ctx.exit(code)
 
 
 def main() -> None:
@@ -171,11 +183,14 @@ def _gpu_layers(_ctx, _param, value: str | None):
               help="Continue the latest conversation (its history goes to the model).")
 @click.option("--cid", type=CONVERSATION_ID, help="Continue the conversation with this id.")
 @click.option("--no-log", is_flag=True, help="Do not save this turn in the history.")
+@json_schema_option
+@endpoint_options
 def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_tokens, temperature,
         top_p, top_k, min_p, seed, ctx, gpu_layers, threads, reasoning_budget, chat_format,
         hide_reasoning: bool, json_output: bool, continue_latest: bool, cid: int | None,
-        no_log: bool) -> None:
-    """Answer PROMPT (and/or text piped on stdin) with a local model.
+        no_log: bool, json_schema, endpoint: str | None, api_key: str | None) -> None:
+    """Answer PROMPT (and/or text piped on stdin) with a local model (or a server's:
+    --endpoint).
 
     The answer streams to stdout and the reasoning to stderr. Every turn is saved in the
     history (see `localr1 history`) unless --no-log.
@@ -196,31 +211,42 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
         raise click.UsageError("--no-log cannot continue a conversation (-c/--cid)")
     if continue_latest and cid is not None:
         raise click.UsageError("use either -c or --cid, not both")
-    text = _prompt_text(tuple(_argv_text(word) for word in prompt))
+    text, title = _prompt_text(tuple(_argv_text(word) for word in prompt))
     system = _argv_text(system) if system is not None else None
     paths = app_paths()
     settings = load_settings(paths.config_file)
     store = None if no_log else _open_store(paths)
     conversation = _conversation_to_continue(store, continue_latest, cid)
-    chosen = choose_model(model, settings, paths,
-                          conversation_model=conversation.model if conversation else None)
-    if chosen is None:
-        raise click.UsageError(no_model_message(paths))
-    engine = Engine.load(EngineConfig.from_settings(
-        chosen.path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
-        chat_format=chat_format))
-    chosen = record_use(chosen, paths.models_dir, remember=store is not None)
-    params = GenerationParams.from_settings(settings, **turn_sampling(
-        conversation.params if conversation is not None else {}, _typed(dict(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-            min_p=min_p, seed=seed, reasoning_budget=reasoning_budget))))
-    printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output)
+    answer_grammar, response_format = answer_format(json_schema)
+    if endpoint is not None:
+        engine = connect_endpoint(endpoint, model, api_key, response_format, {
+            "--ctx": ctx, "--gpu-layers": gpu_layers, "--threads": threads,
+            "--chat-format": chat_format})
+        model_label = engine.info.name
+    else:
+        chosen = choose_model(model, settings, paths,
+                              conversation_model=conversation.model if conversation else None)
+        if chosen is None:
+            raise click.UsageError(no_model_message(paths))
+        engine = Engine.load(EngineConfig.from_settings(
+            chosen.path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
+            chat_format=chat_format))
+        model_label = record_use(chosen, paths.models_dir, remember=store is not None).name
+    sampling = turn_sampling(conversation.params if conversation is not None else {},
+                             _typed(dict(max_tokens=max_tokens, temperature=temperature,
+                                         top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+                                         reasoning_budget=reasoning_budget)))
+    params = GenerationParams.from_settings(settings, answer_grammar=answer_grammar, **sampling)
+    printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output,
+                          remote=endpoint is not None)
+    if engine.info.format_note:
+        printer.note(engine.info.format_note)
     with engine:
-        for event in _turn_events(engine, store, conversation, chosen.name, text, system,
-                                  params):
+        for event in _turn_events(engine, store, conversation, model_label, text, system,
+                                  params, title=title):
             printer.handle(event)
     if json_output:
-        safe_echo(printer.as_json(chosen.name, conversation_id=printer.conversation_id,
+        safe_echo(printer.as_json(model_label, conversation_id=printer.conversation_id,
                                   params=params))
     if not printer.result.answer.strip():
         stats = printer.result.stats
@@ -266,7 +292,7 @@ def _conversation_to_continue(store, continue_latest: bool, cid: int | None):
 
 
 def _turn_events(engine, store, conversation, model_label: str, text: str,
-                 system: str | None, params):
+                 system: str | None, params, *, title: str | None = None):
     """The engine's events for one turn, saved to the store unless logging is off."""
     from localr1.chat_message import ChatMessage
 
@@ -277,14 +303,22 @@ def _turn_events(engine, store, conversation, model_label: str, text: str,
 
     session = ChatSession(store, engine, model_label)
     if conversation is None:
-        conversation = session.new_conversation(system_prompt=system, params=params)
+        # --json-schema shapes this turn only: its grammar is no setting to keep.
+        conversation = session.new_conversation(
+            system_prompt=system, params=params)
+        if title is not None:
+            store.rename(conversation.id, title)
     elif system and system != conversation.system_prompt:
         store.set_system_prompt(conversation.id, system)  # the flag wins, from now on
     yield from session.send(conversation.id, text, params)
 
 
-def _prompt_text(words: tuple[str, ...]) -> str:
-    """stdin first, then the arguments, like `llm`. Blank text is never sent."""
+def _prompt_text(words: tuple[str, ...]) -> tuple[str, str | None]:
+    """stdin first, then the arguments, like `llm`, and the new conversation's title when it
+    is not the text's first line: the arguments, when text was piped too (`git diff | localr1
+    run "Write a commit message"`). Blank text is never sent."""
+    from localr1.store.records import title_from_text
+
     parts = []
     if sys.stdin is not None and not sys.stdin.isatty():
         # Bytes that are not UTF-8 become U+FFFD instead of stopping the run.
@@ -297,7 +331,8 @@ def _prompt_text(words: tuple[str, ...]) -> str:
     if not parts:
         raise click.UsageError("no prompt: give it as arguments or pipe it on stdin"
                                if not words else "the prompt is empty")
-    return "\n\n".join(parts)
+    title = title_from_text(typed) if len(parts) == 2 else None
+    return "\n\n".join(parts), title
 
 
 # ---- config --------------------------------------------------------------------------------
@@ -345,6 +380,7 @@ def _register_command_groups() -> None:
     from localr1.cli.doctor import doctor
     from localr1.cli.history import history
     from localr1.cli.models import import_models, list_models, pull, rm, show
+    from localr1.cli.serve import serve
 
     cli.add_command(history)
     cli.add_command(batch)
@@ -355,6 +391,7 @@ def _register_command_groups() -> None:
     cli.add_command(show)
     cli.add_command(rm)
     cli.add_command(import_models)
+    cli.add_command(serve)
 
 
 _register_command_groups()
