@@ -5,6 +5,14 @@ step puts one token per generating sequence (plus prompt chunks of newly started
 `llama_batch`, so a memory-bound CPU reads the weights once for N tokens instead of once per
 token. The KV cache is split evenly between the sequences (`kv_unified = false`).
 
+Requests come from an iterable (batch: the decoder returns when it is exhausted) or a
+`RequestFeed` that other threads put requests into while the decoder runs (serve: a request
+that arrives mid-decode takes the next free slot). Each request may carry its own cancel event
+(a client that went away): its slot is freed at the next step.
+
+An `answer_grammar` (JSON output) joins a slot's sampler chain when its think block closes, so
+the model reasons freely and only the answer is constrained.
+
 This uses llama-cpp-python's low-level API (the high-level `Llama` decodes one sequence) on
 the model an `Engine` already loaded; the Engine's own context stays free for chat.
 """
@@ -12,11 +20,12 @@ the model an `Engine` already loaded; the Engine's own context stays free for ch
 from __future__ import annotations
 
 import codecs
+import queue
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +34,7 @@ from localr1.engine.llama_engine import THINK_CLOSE, Engine
 from localr1.engine.prompting import PreparedPrompt
 from localr1.engine.reasoning import ThinkSplitter
 from localr1.engine.turn_account import TurnAccount, max_new_tokens
-from localr1.errors import GenerationError, InsufficientMemoryError
+from localr1.errors import GenerationError, InsufficientMemoryError, LocalR1Error
 from localr1.models import hardware
 from localr1.sizes import format_bytes
 
@@ -36,9 +45,47 @@ class SequenceRequest:
     prompt: PreparedPrompt  # from Engine.prepare_prompt with n_ctx = n_ctx_per_sequence
     params: GenerationParams
     seed: int | None = None  # None: params.seed or a random one
+    cancel: threading.Event | None = None  # set: this request's slot is freed ("cancelled")
 
 
 EventSink = Callable[[Any, Event], None]
+
+
+class RequestFeed:
+    """Requests put from other threads while the decoder runs; `close` ends `run` once every
+    request taken has finished."""
+
+    _CLOSED = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def put(self, request: SequenceRequest) -> None:
+        self._queue.put(request)
+
+    def close(self) -> None:
+        self._queue.put(self._CLOSED)
+
+    def take(self, wait: bool) -> SequenceRequest | None | object:
+        """The next request; None when none is waiting (and not `wait`); _CLOSED at the end."""
+        try:
+            return self._queue.get(block=wait)
+        except queue.Empty:
+            return None
+
+
+class _IterableFeed:
+    """An iterable of requests as a feed: it blocks on the iterator and ends with it."""
+
+    def __init__(self, requests: Iterable[SequenceRequest]) -> None:
+        self._requests = iter(requests)
+
+    def take(self, wait: bool) -> SequenceRequest | object:
+        return next(self._requests, RequestFeed._CLOSED)
+
+
+class GrammarError(LocalR1Error):
+    """llama.cpp refused an answer grammar."""
 
 
 @dataclass
@@ -53,6 +100,7 @@ class _Slot:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     n_past: int = 0
     logits_index: int = -1  # where this slot's logits are in the current batch
+    grammar_pending: bool = False  # an answer grammar waits for the think block to close
 
 
 class ParallelDecoder:
@@ -99,44 +147,57 @@ class ParallelDecoder:
 
     # ---- the decode loop -----------------------------------------------------------------
 
-    def run(self, requests: Iterable[SequenceRequest], sink: EventSink,
+    def run(self, requests: Iterable[SequenceRequest] | RequestFeed, sink: EventSink,
             cancel: threading.Event | None = None) -> None:
         """Decode every request; `sink(key, event)` gets each one's events, ending in TurnDone.
 
         Requests are started as slots free up (continuous batching), so the order of completion
-        follows length, not input order.
+        follows length, not input order. `cancel` stops every request and starts no new one.
         """
         cancel = cancel or threading.Event()
-        queue = iter(requests)
+        feed = requests if isinstance(requests, RequestFeed) else _IterableFeed(requests)
         free_ids = deque(range(self.n_parallel))
         slots: dict[int, _Slot] = {}
         try:
-            self._run(queue, free_ids, slots, sink, cancel)
+            self._run(feed, free_ids, slots, sink, cancel)
         finally:  # after a failed decode: the samplers of the sequences still in flight
             for slot in slots.values():
                 self._llama_cpp.llama_sampler_free(slot.sampler)
 
-    def _run(self, queue: Iterator[SequenceRequest], free_ids: deque[int],
+    def _run(self, feed: RequestFeed | _IterableFeed, free_ids: deque[int],
              slots: dict[int, _Slot], sink: EventSink, cancel: threading.Event) -> None:
         exhausted = False
         while True:
             while free_ids and not exhausted:
-                request = next(queue, None)
-                if request is None:
+                request = feed.take(wait=not slots)  # idle: wait for the next request
+                if request is RequestFeed._CLOSED:
                     exhausted = True
                     break
+                if request is None:
+                    break
                 slot = self._start(free_ids.popleft(), request)
+                if request.cancel is not None and request.cancel.is_set():
+                    self._finish(slot, "cancelled", sink)
+                    free_ids.append(slot.seq_id)
+                    continue
                 if slot.account.max_new <= 0:
                     self._finish(slot, "length", sink)
                     free_ids.append(slot.seq_id)
                     continue
                 slots[slot.seq_id] = slot
             if not slots:
-                return
+                if exhausted or cancel.is_set():
+                    return
+                continue
             if cancel.is_set():
                 exhausted = True  # start nothing new
                 for slot in list(slots.values()):
                     self._release(slot, "cancelled", sink, slots, free_ids)
+                continue
+            for slot in list(slots.values()):  # clients that went away free their slots
+                if slot.request.cancel is not None and slot.request.cancel.is_set():
+                    self._release(slot, "cancelled", sink, slots, free_ids)
+            if not slots:
                 continue
             self._decode_step(slots)
             for slot in list(slots.values()):
@@ -167,9 +228,29 @@ class ParallelDecoder:
             max_new=max_new, started=time.perf_counter())
         slot = _Slot(seq_id=seq_id, request=request, sampler=self._sampler(params, seed),
                      pending=list(prompt[reuse:]), account=account, n_past=reuse)
+        if params.answer_grammar is not None:
+            # An R1 model thinks first (its prompt opened the block, or it opens it itself):
+            # the grammar waits for </think>. Other models answer from their first token.
+            slot.grammar_pending = True
+            if not (account.splitter.in_reasoning or self.engine.info.is_r1):
+                self._start_grammar(slot)
         if params.reasoning_budget == 0 and account.splitter.in_reasoning:
             self._inject_close(slot, None)
         return slot
+
+    def _start_grammar(self, slot: _Slot) -> None:
+        """Put the answer grammar into the slot's chain after the penalties (index 0), before
+        the truncation and the final pick: the samplers after it keep their state (the
+        dist sampler's random stream), so a seeded turn stays reproducible."""
+        llama_cpp = self._llama_cpp
+        slot.grammar_pending = False
+        grammar = new_grammar_sampler(self.engine, slot.request.params.answer_grammar or "")
+        chain = slot.sampler
+        rest = [llama_cpp.llama_sampler_chain_remove(chain, 1)
+                for _ in range(llama_cpp.llama_sampler_chain_n(chain) - 1)]
+        llama_cpp.llama_sampler_chain_add(chain, grammar)
+        for sampler in rest:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
 
     def _sampler(self, params: GenerationParams, seed: int):
         # The same chain, in the same order, as llama-cpp-python's Llama.generate.
@@ -231,6 +312,9 @@ class ParallelDecoder:
         text = slot.decoder.decode(self.engine.detokenize([token]))
         self._emit(slot, account.feed(text, now), sink)
         slot.pending.append(token)
+        self._grammar_after_think(slot)
+        if account.is_looping(token):
+            return "repetition"
         if account.completion_tokens >= account.max_new:
             return "length"
         budget = slot.request.params.reasoning_budget
@@ -248,8 +332,14 @@ class ParallelDecoder:
         account.reasoning_budget_hit = True
         # Consumed either way: feeding the splitter is what ends the reasoning.
         events = list(account.feed(THINK_CLOSE, time.perf_counter(), generated=False))
+        self._grammar_after_think(slot)
         if sink is not None:
             self._emit(slot, events, sink)
+
+    def _grammar_after_think(self, slot: _Slot) -> None:
+        splitter = slot.account.splitter
+        if slot.grammar_pending and splitter.saw_reasoning and not splitter.in_reasoning:
+            self._start_grammar(slot)
 
     def _emit(self, slot: _Slot, events: Iterable[Event], sink: EventSink) -> None:
         for event in events:
@@ -267,6 +357,25 @@ class ParallelDecoder:
         self._llama_cpp.llama_sampler_free(slot.sampler)
         account.finish_reason = reason
         sink(slot.request.key, TurnDone(account.stats(slot.request.prompt.dropped_messages)))
+
+
+def new_grammar_sampler(engine: Engine, grammar: str):
+    """A llama.cpp grammar sampler for `grammar` (GBNF, root rule "root"); GrammarError when
+    llama.cpp cannot parse it. The caller owns (frees) it."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(engine.model_handle)
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the answer grammar")
+    return sampler
+
+
+def check_grammar(engine: Engine, grammar: str) -> None:
+    """GrammarError now, from any thread, for a grammar a slot could not use later."""
+    import llama_cpp
+
+    llama_cpp.llama_sampler_free(new_grammar_sampler(engine, grammar))
 
 
 def _check_kv_memory(engine: Engine, n_parallel: int, n_ctx_per_sequence: int) -> None:

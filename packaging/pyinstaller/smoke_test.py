@@ -1,6 +1,7 @@
 """Smoke-test a frozen localr1 (the PyInstaller bundle, or any `localr1` executable) from
-outside the source tree: --version, doctor, run on a scripted fixture model, and the TUI
-driven in tmux (a prompt sent, the reasoning collapsed to "Thought for", the answer shown).
+outside the source tree: --version, doctor, run on a scripted fixture model, `serve` answering
+one chat completion (uvicorn loads its protocol modules by name), and the TUI driven in tmux
+(a prompt sent, the reasoning collapsed to "Thought for", the answer shown).
 
     python packaging/pyinstaller/smoke_test.py dist/localr1/localr1
 
@@ -9,12 +10,17 @@ Exits 0 when every check passed; prints what it checked.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +59,38 @@ def tui(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
+def serve(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([str(exe), "serve", "-m", str(model), "--port", str(port),
+                                "--ctx", "512", "--parallel", "1"], env=env, cwd=cwd,
+                               stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                reply = json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError) as exc:
+            reply = {"error": str(exc)}
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    answer = (reply.get("choices") or [{}])[0].get("message", {}).get("content")
+    check("serve answers a chat completion", answer == ANSWER_TEXT,
+          json.dumps(reply) + "\n" + stderr[-2000:])
+
+
 def wait_screen(session: str, done, what: str, timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
@@ -85,6 +123,7 @@ def main() -> None:
         answer = run(exe, "run", "-m", str(model), "hi", env=env, cwd=work)
         check("run on a fixture model", answer.returncode == 0
               and answer.stdout.strip() == ANSWER_TEXT, answer.stdout + answer.stderr)
+        serve(exe, model, env, work)
         tui(exe, model, env, work)
     print("smoke test passed")
 
