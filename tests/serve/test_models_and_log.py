@@ -67,3 +67,20 @@ def test_without_log_nothing_is_saved(serve, r1_prefill_model):
     client = serve(r1_prefill_model).client()
     client.chat.completions.create(model=r1_prefill_model.stem, messages=HI)
     assert not app_paths().db_path.exists()
+
+
+@pytest.mark.parametrize("alias", ["r1", "r1:1.5b", "R1:1.5B-Q4_K_M"])
+def test_a_catalog_alias_names_the_pulled_model(serve, models_dir, r1_prefill_model,
+                                                r1_original_model, alias):
+    from localr1.models.library import build_model
+    from localr1.models.registry import ModelRegistry
+
+    # What `localr1 pull r1` leaves: the catalog's full name in the registry.
+    ModelRegistry.default().put(build_model("r1:1.5b-q4_k_m", (r1_original_model,),
+                                            source="pull", owned=False))
+    first = install(r1_prefill_model, models_dir, "tiny-prefill")
+    client = serve(first, name="tiny-prefill").client()
+    assert "r1:1.5b-q4_k_m" in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(model=alias, messages=HI)
+    assert reply.model == "r1:1.5b-q4_k_m"
+    assert reply.choices[0].message.content == sm.ANSWER_TEXT
