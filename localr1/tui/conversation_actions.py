@@ -101,6 +101,23 @@ class ConversationActions:
 
         screen.app.push_screen(ConfirmScreen(question), answered)
 
+    async def reload_if_changed_elsewhere(self) -> None:
+        """Show the open conversation again when another program (`localr1 run --cid N`)
+        changed it, unless the user is busy with it here (a turn, an edit, a dialog)."""
+        screen = self.screen
+        conversation = screen.conversation
+        if conversation is None or screen.turn is not None or screen.editing is not None \
+                or screen.app.screen is not screen:
+            return
+        try:
+            stored = screen.conversations.changed_in_store()
+        except LocalR1Error:
+            await self.deleted_elsewhere(conversation.id)
+            return
+        if stored is not None:
+            await screen.open_conversation(stored.id)
+            screen.sidebar.reload(stored.id)
+
     async def deleted_elsewhere(self, conversation_id: int) -> None:
         """The open conversation cannot be read any more (`localr1 history rm` in another
         terminal): a new chat, and a note saying why."""

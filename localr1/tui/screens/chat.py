@@ -361,20 +361,7 @@ class ChatScreen(Screen[None]):
 
     @on(StoreCheckDue)
     async def _store_check_due(self) -> None:
-        """Show the open conversation again when another program (`localr1 run --cid N`)
-        changed it, unless the user is busy with it here (a turn, an edit, a dialog)."""
-        conversation = self.conversation
-        if conversation is None or self.turn is not None or self.editing is not None \
-                or self.app.screen is not self:
-            return
-        try:
-            stored = self.conversations.changed_in_store()
-        except LocalR1Error:
-            await self.actions.deleted_elsewhere(conversation.id)
-            return
-        if stored is not None:
-            await self.open_conversation(stored.id)
-            self.sidebar.reload(stored.id)
+        await self.actions.reload_if_changed_elsewhere()
 
     def refresh_conversation(self) -> None:
         """The open conversation changed in the store (a turn, a rename, a pin)."""
