@@ -43,6 +43,11 @@ class Settings:
     threads: int = 0  # 0 = one per physical core (estimated)
     reasoning_budget: int = -1  # -1 = unlimited
     chat_format: str | None = None  # None = the template in the GGUF
+    flash_attn: str = "auto"  # "auto" | "on" | "off" (llama.cpp's flash attention)
+    kv_type: str = "f16"  # the KV cache's element type: "f16" | "q8_0" | "q4_0"
+    draft_model: str | None = None  # a model name, GGUF path or "lookup" (speculative decoding)
+    draft_max: int = 16  # tokens drafted per step at most (llama.cpp's --draft-max)
+    draft_min: int = 0  # fewer drafted tokens than this are not worth a target pass
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,7 +151,15 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "min_p": (float, int),
     "repeat_penalty": (float, int),
     "seed": (int,),
+    "flash_attn": (str,),
+    "kv_type": (str,),
+    "draft_model": (str,),
+    "draft_max": (int,),
+    "draft_min": (int,),
 }
+
+# The KV cache element types offered (llama.cpp's GGML types; quantized V needs flash attention).
+KV_TYPES = ("f16", "q8_0", "q4_0")
 
 # llama.cpp takes these as 32-bit integers: bigger values would overflow in ctypes.
 _INT32_MAX = 2**31 - 1
@@ -166,6 +179,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "min_p": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     "repeat_penalty": (lambda v: 0.0 < v < math.inf, "must be positive and finite"),
     "seed": (lambda v: 0 <= v <= 2**32 - 1, "must be 0 to 4294967295"),
+    "flash_attn": (lambda v: v in ("auto", "on", "off"), 'must be "auto", "on" or "off"'),
+    "kv_type": (lambda v: v in KV_TYPES, 'must be "f16", "q8_0" or "q4_0"'),
+    "draft_model": (lambda v: bool(v.strip()), "must name a model, a GGUF path or \"lookup\""),
+    "draft_max": (lambda v: 1 <= v <= 256, "must be 1 to 256"),
+    "draft_min": (lambda v: 0 <= v <= 256, "must be 0 to 256"),
 }
 
 

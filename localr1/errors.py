@@ -39,3 +39,7 @@ class ContextOverflowError(LocalR1Error):
 
 class GenerationError(LocalR1Error):
     """llama.cpp failed in the middle of a turn (e.g. a decode error)."""
+
+
+class DraftModelError(LocalR1Error):
+    """The draft model cannot draft for this model: the message names what differs."""

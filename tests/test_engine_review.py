@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,6 @@ from localr1.engine.events import GenerationParams, TurnDone
 from localr1.engine.ggml_abort import abort_line
 from localr1.engine.llama_engine import Engine, EngineConfig
 from localr1.engine.parallel_decoder import ParallelDecoder, SequenceRequest
-from localr1.engine.reasoning import ThinkSplitter
-from localr1.engine.turn_account import TurnAccount
 from localr1.errors import ChatFormatError, ConfigError, InsufficientMemoryError
 from localr1.models import hardware
 
@@ -92,14 +89,14 @@ def test_reasoning_budget_at_the_end_of_the_context_finishes_length(loop_engine)
 
 
 def test_no_room_at_all_finishes_length_at_once(loop_engine):
+    # A prompt that fills its sequence's context leaves no room: "length" without a decode.
     prompt = loop_engine.prepare_prompt(HI, GenerationParams())
-    room = loop_engine.info.n_ctx - len(prompt.tokens)
-    turn = TurnAccount(prompt_tokens=len(prompt.tokens), cached_prompt_tokens=0,
-                       splitter=ThinkSplitter(start_in_reasoning=True), max_new=0, started=0.0)
-    assert room > 0
-    list(loop_engine._generate(turn, prompt.tokens, GenerationParams(), threading.Event(),
-                               threading.Event()))
-    assert turn.finish_reason == "length" and turn.completion_tokens == 0
+    done: dict = {}
+    with ParallelDecoder(loop_engine, 1, len(prompt.tokens), threads=2) as decoder:
+        decoder.run([SequenceRequest(key=0, prompt=prompt, params=GenerationParams())],
+                    lambda key, event: done.update({key: event}))
+    stats = done[0].stats
+    assert stats.finish_reason == "length" and stats.completion_tokens == 0
 
 
 def test_parallel_reasoning_budget_at_the_end_of_the_context_finishes_length(loop_engine):

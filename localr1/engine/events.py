@@ -68,6 +68,9 @@ class ModelInfo:
     format_note: str | None = None
     # False when a running turn's thinking cannot be ended early (a model on a server).
     can_answer_now: bool = True
+    flash_attn: str = "auto"  # as requested: "auto" | "on" | "off"
+    kv_type: str = "f16"
+    draft: str | None = None  # the draft model's name, "lookup", or None (no speculation)
 
     @property
     def placement(self) -> str:
@@ -109,6 +112,14 @@ class TurnStats:
     thinking_seconds: float | None  # first token to the end of the think block
     total_seconds: float
     answered_early: bool = False  # the user ended the thinking ("answer now")
+    # Speculative decoding: tokens the draft proposed and how many of them the model kept.
+    draft_tokens: int = 0
+    draft_accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted, or None when nothing was drafted."""
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else None
 
 
 @dataclass(frozen=True)

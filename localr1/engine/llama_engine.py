@@ -1,7 +1,7 @@
 """One loaded model: load a GGUF once, stream chat turns as typed events, cancel, measure.
 
 The engine stays loaded across turns so llama.cpp reuses the KV cache of the common prompt
-prefix (`Llama.generate` keeps the longest matching prefix). It imports no UI code: the CLI,
+prefix (the decode loop keeps what each sequence's cache holds). It imports no UI code: the CLI,
 the TUI and the batch runner all drive it the same way:
 
     engine = Engine.load(EngineConfig(model_path))
@@ -14,12 +14,10 @@ gets the model handle, tokenizer and prompts through the public methods below.
 
 from __future__ import annotations
 
-import codecs
-import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,31 +25,30 @@ from typing import TYPE_CHECKING
 from localr1.chat_message import ChatMessage
 from localr1.config import Settings
 from localr1.engine.chat_format import ChatFormat, resolve_chat_format
+from localr1.engine.decode_loop import THINK_CLOSE, DecodeLoop, SequenceRequest
 from localr1.engine.events import (
     ContextTrimmed,
     Event,
     GenerationParams,
     ModelInfo,
-    TurnDone,
 )
-from localr1.engine.loading import check_memory, context_size, load_llama
+from localr1.engine.loading import apply_kv_options, check_memory, context_size, load_llama
 from localr1.engine.prompting import (
     ModelMessage,
     PreparedPrompt,
     fit_to_context,
     reply_reserve,
 )
-from localr1.engine.reasoning import ThinkSplitter
-from localr1.engine.turn_account import TurnAccount, max_new_tokens
-from localr1.errors import GenerationError
+from localr1.engine.thread_policy import ThreadChoice, ThreadGovernor, choose_threads
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader, read_gguf_header
 
 if TYPE_CHECKING:
     import llama_cpp
 
-# What llama.cpp's --reasoning-budget injects to end a think block early.
-THINK_CLOSE = "\n</think>\n\n"
+    from localr1.engine.drafters import DraftModel
+
+__all__ = ["THINK_CLOSE", "Engine", "EngineConfig", "GenerationParams", "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,25 @@ class EngineConfig:
     model_path: Path
     context_size: int = 8192  # clamped to the model's training context
     gpu_layers: int | str = "auto"
-    threads: int = 0  # 0 = hardware.default_threads()
+    threads: int = 0  # 0 = the cores other work leaves free (engine.thread_policy)
     chat_format: str | None = None
     check_memory: bool = True
+    flash_attn: str = "auto"  # "auto" | "on" | "off"
+    kv_type: str = "f16"  # "f16" | "q8_0" | "q4_0"
+    # Speculative decoding: a draft GGUF (resolved by the caller) or "lookup" (n-grams from the
+    # prompt and the text so far); None = none.
+    draft: Path | str | None = None
+    draft_max: int = 16
+    draft_min: int = 0
 
     @classmethod
     def from_settings(cls, model_path: Path, settings: Settings, **overrides) -> EngineConfig:
+        """`draft` is not taken from settings.draft_model: a model name needs resolving
+        (models.library), which the front end does and passes as `draft=`."""
         values = dict(context_size=settings.context_size, gpu_layers=settings.gpu_layers,
-                      threads=settings.threads, chat_format=settings.chat_format)
+                      threads=settings.threads, chat_format=settings.chat_format,
+                      flash_attn=settings.flash_attn, kv_type=settings.kv_type,
+                      draft_max=settings.draft_max, draft_min=settings.draft_min)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(Path(model_path), **values)
 
@@ -75,16 +83,21 @@ class Engine:
     """A loaded GGUF. Not thread-safe for concurrent turns; `cancel` may be set from any thread."""
 
     def __init__(self, llm: llama_cpp.Llama, header: GGUFHeader, info: ModelInfo,
-                 chat_format: ChatFormat) -> None:
+                 chat_format: ChatFormat, config: EngineConfig | None = None,
+                 threads: ThreadChoice | None = None, draft: DraftModel | None = None) -> None:
         import llama_cpp
 
         self._llm = llm
         self.header = header
         self.info = info
         self.chat_format = chat_format
+        self.config = config or EngineConfig(info.path)
+        self.thread_choice = threads or ThreadChoice(info.threads, "as loaded", fixed=True)
+        self._draft = draft
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._vocab_is_eog = llama_cpp.llama_vocab_is_eog  # checked once per generated token
         self._lock = threading.Lock()
+        self._loop: DecodeLoop | None = None  # made at the first chat turn (see _chat_loop)
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -92,29 +105,83 @@ class Engine:
     def load(cls, config: EngineConfig) -> Engine:
         header = read_gguf_header(config.model_path)  # before llama.cpp: it may abort on bad files
         n_ctx = context_size(config.context_size, header.context_length)
-        estimate = hardware.estimate_memory(header, n_ctx)
+        estimate = hardware.estimate_memory(header, n_ctx, config.kv_type)
         backend = hardware.backend_info()
         gpu_layers = hardware.plan_gpu_layers(config.gpu_layers, estimate, backend,
                                               hardware.gpu_free_bytes(backend)
                                               if config.gpu_layers == "auto" else None)
+        draft_path = config.draft if isinstance(config.draft, Path) else None
         if config.check_memory:
-            check_memory(config.model_path, estimate, gpu_layers, n_ctx)
-        threads = config.threads or hardware.default_threads()
-        llm = load_llama(config.model_path, header, n_ctx, gpu_layers, threads)
-        chat_format = resolve_chat_format(llm, config.chat_format, header.architecture,
-                                          config.model_path.name)
+            draft_header = read_gguf_header(draft_path) if draft_path else None
+            check_memory(config.model_path, estimate, gpu_layers, n_ctx, kv_type=config.kv_type,
+                         draft=hardware.draft_estimate(draft_header, n_ctx, config.kv_type)
+                         if draft_header else None)
+        thread_choice = choose_threads(config.threads)
+        config = replace(config, flash_attn=_flash_attn_for(config, gpu_layers))
+        llm = load_llama(config.model_path, header, n_ctx, gpu_layers, thread_choice.threads,
+                         flash_attn=config.flash_attn, kv_type=config.kv_type)
+        draft = None
+        try:
+            chat_format = resolve_chat_format(llm, config.chat_format, header.architecture,
+                                              config.model_path.name)
+            draft = _load_draft(draft_path, gpu_layers, llm, header, config) \
+                if draft_path else None
+        except BaseException:
+            llm.close()
+            raise
+        draft_name = "lookup" if config.draft == "lookup" else draft.name if draft else None
         info = ModelInfo(
             path=config.model_path, name=header.name or config.model_path.stem,
             architecture=header.architecture, quantization=header.file_type,
             parameter_count=header.parameter_count, size_bytes=header.file_size,
             n_layers=header.block_count or 0, n_ctx=llm.n_ctx(),
             n_ctx_train=header.context_length, gpu_layers=gpu_layers, backend=backend.name,
-            threads=threads, chat_format=chat_format.source, is_r1=chat_format.is_r1,
-            format_note=chat_format.note,
+            threads=thread_choice.threads, chat_format=chat_format.source,
+            is_r1=chat_format.is_r1, format_note=chat_format.note,
+            flash_attn=config.flash_attn, kv_type=config.kv_type, draft=draft_name,
         )
-        return cls(llm, header, info, chat_format)
+        try:
+            return cls(llm, header, info, chat_format, config, thread_choice, draft)
+        except BaseException:
+            if draft is not None:
+                draft.close()
+            llm.close()
+            raise
+
+    def apply_kv_options(self, context_params) -> None:
+        """This engine's flash attention and KV type on another context's params."""
+        apply_kv_options(context_params, self.config.flash_attn, self.config.kv_type)
+
+    def loop_options(self, n_seq: int, n_ctx_per_sequence: int, threads: int) -> dict:
+        """A DecodeLoop's drafter, draft sizes and thread governor for a context of `n_seq`
+        sequences decoding on `threads` (the caller's loop owns and closes the drafter)."""
+        from localr1.engine.drafters import LookupDrafter, ModelDrafter
+
+        drafter = None
+        if self.config.draft == "lookup":
+            drafter = LookupDrafter()
+        elif self._draft is not None:
+            drafter = ModelDrafter(self._draft, n_seq, n_ctx_per_sequence, threads,
+                                   self.apply_kv_options)
+        return dict(drafter=drafter, draft_max=self.config.draft_max,
+                    draft_min=self.config.draft_min,
+                    threads=ThreadGovernor(threads, self.thread_choice.fixed))
+
+    def _chat_loop(self) -> DecodeLoop:
+        """Chat and run decode on the Llama object's own context (llama-cpp-python only made
+        it), one sequence, through the same loop as batch and serve. Made on first use: a
+        server or a batch run decodes on contexts of their own and never needs it."""
+        if self._loop is None:
+            self._loop = DecodeLoop(self, self._llm._ctx.ctx, self.info.n_ctx,
+                                    self._llm.context_params.n_batch,
+                                    **self.loop_options(1, self.info.n_ctx, self.info.threads))
+        return self._loop
 
     def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+        if self._draft is not None:
+            self._draft.close()
         self._llm.close()
 
     def __enter__(self) -> Engine:
@@ -129,6 +196,11 @@ class Engine:
     def model_handle(self) -> llama_cpp.llama_model_p:
         """The loaded llama_model, for a decode loop with its own llama_context."""
         return self._llm.model
+
+    @property
+    def draft_header(self) -> GGUFHeader | None:
+        """The draft model's GGUF header, when a draft model (not lookup) is loaded."""
+        return self._draft.header if self._draft is not None else None
 
     @property
     def n_vocab(self) -> int:
@@ -217,119 +289,52 @@ class Engine:
         prompt = self.prepare_prompt(history, params, system_prompt=system_prompt)
         if prompt.dropped_messages:
             yield ContextTrimmed(prompt.dropped_messages, len(prompt.tokens))
-        turn = TurnAccount(
-            prompt_tokens=len(prompt.tokens),
-            cached_prompt_tokens=_common_prefix(self._llm.input_ids[:self._llm.n_tokens],
-                                                prompt.tokens),
-            splitter=ThinkSplitter(start_in_reasoning=prompt.start_in_reasoning),
-            max_new=max_new_tokens(self.info.n_ctx, len(prompt.tokens), params.max_tokens),
-            started=started,
-        )
-        if cancel.is_set():
-            turn.finish_reason = "cancelled"
-        else:
-            try:
-                yield from self._generate(turn, prompt.tokens, params, cancel, answer_now)
-            except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
-                raise GenerationError(f"llama.cpp failed while generating: {exc}") from None
-        yield TurnDone(turn.stats(prompt.dropped_messages))
-
-    def _generate(self, turn: TurnAccount, prompt: list[int], params: GenerationParams,
-                  cancel: threading.Event, answer_now: threading.Event) -> Iterator[Event]:
-        import llama_cpp
-
-        llm = self._llm
-        llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stop_on_cancel = llama_cpp.StoppingCriteriaList([lambda _ids, _logits: cancel.is_set()])
-        context = list(prompt)  # prompt + generated (+ injected) tokens, for a restart
-        budget = params.reasoning_budget
-        if turn.splitter.in_reasoning and (budget == 0 or answer_now.is_set()):
-            yield from self._close_think(turn, context, decoder, early=answer_now.is_set())
-        grammar = None  # the answer's grammar, from the first token after </think>
-        restart = self._has_room(turn)
-        while restart:
-            restart = False
-            if grammar is None and self._grammar_applies(turn, params):
-                grammar = llama_cpp.LlamaGrammar.from_string(params.answer_grammar,
-                                                             verbose=False)
-            tokens = llm.generate(context, top_k=params.top_k, top_p=params.top_p,
-                                  min_p=params.min_p, temp=params.temperature,
-                                  repeat_penalty=params.repeat_penalty,
-                                  stopping_criteria=stop_on_cancel, grammar=grammar)
-            for token in tokens:
-                now = time.perf_counter()
-                if turn.first_token_at is None:
-                    turn.first_token_at = now
-                if self.is_end_of_generation(token):
-                    turn.finish_reason = "stop"
-                    break
-                context.append(token)
-                turn.completion_tokens += 1
-                turn.last_token_at = now
-                yield from turn.feed(decoder.decode(llm.detokenize([token])), now)
-                if cancel.is_set():
-                    turn.finish_reason = "cancelled"
-                    break
-                if turn.is_looping(token):
-                    turn.finish_reason = "repetition"
-                    break
-                if turn.completion_tokens >= turn.max_new:
-                    turn.finish_reason = "length"
-                    break
-                early = answer_now.is_set()
-                if turn.splitter.in_reasoning and (early or 0 <= budget <= turn.reasoning_tokens):
-                    # Like llama.cpp's --reasoning-budget: end the think block ourselves and
-                    # let the model answer. generate() reuses the KV cache for `context`.
-                    tokens.close()
-                    yield from self._close_think(turn, context, decoder, early=early)
-                    restart = self._has_room(turn)
-                    break
-                if grammar is None and self._grammar_applies(turn, params):
-                    tokens.close()  # the model closed its think block: the answer follows
-                    restart = True  # the grammar from the next token on
-                    break
-            else:
-                # The generator stopped on its own: the cancel criterion, or a full context.
-                turn.finish_reason = "cancelled" if cancel.is_set() else "length"
-        yield from turn.finish(decoder.decode(b"", final=True))
-
-    def _grammar_applies(self, turn: TurnAccount, params: GenerationParams) -> bool:
-        """Whether the answer has begun, so `params.answer_grammar` constrains what follows:
-        after the think block; from the first token for a model that does not think (an R1
-        model opens its own think block with the original template)."""
-        splitter = turn.splitter
-        return params.answer_grammar is not None and not splitter.in_reasoning and (
-            splitter.saw_reasoning or not self.chat_format.is_r1)
-
-    @staticmethod
-    def _has_room(turn: TurnAccount) -> bool:
-        """Whether another token fits; if not, the turn ends "length" (decoding past the
-        context would fail in llama.cpp)."""
-        if turn.completion_tokens < turn.max_new:
-            return True
-        turn.finish_reason = "length"
-        return False
-
-    def _close_think(self, turn: TurnAccount, context: list[int], decoder, *,
-                     early: bool = False) -> Iterator[Event]:
-        """End the think block: the reasoning budget is spent, or (`early`) the user asked
-        for the answer now."""
-        injected = self.think_close_tokens
-        context.extend(injected)
-        turn.max_new -= len(injected)  # they take context room like generated tokens
-        if early:
-            turn.answered_early = True
-        else:
-            turn.reasoning_budget_hit = True
-        yield from turn.feed(decoder.decode(b"") + THINK_CLOSE, time.perf_counter(),
-                             generated=False)
+        events: list[Event] = []
+        loop = self._chat_loop()
+        slot = loop.start(0, SequenceRequest(key=0, prompt=prompt, params=params, cancel=cancel,
+                                             answer_now=answer_now))
+        slot.account.started = started  # time to first token counts the prompt's rendering
+        finished = False
+        try:
+            reason = "cancelled" if cancel.is_set() else \
+                "length" if slot.account.max_new <= 0 else None
+            while reason is None:
+                if cancel.is_set():  # checked per token inside a step too
+                    reason = "cancelled"
+                elif loop.step([slot], lambda _key, event: events.append(event)):
+                    reason = slot.done
+                yield from events
+                events.clear()
+            finished = True
+            loop.finish(slot, reason, lambda _key, event: events.append(event))
+            yield from events
+        finally:
+            if not finished:  # a failed decode, or the caller stopped reading
+                loop.discard(slot)
 
 
-def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
-    n = 0
-    for a, b in zip(cached, prompt, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
+def _flash_attn_for(config: EngineConfig, gpu_layers: int) -> str:
+    """Flash attention as llama.cpp gets it. With a draft on the CPU, "auto" means off: the
+    CPU's flash-attention kernel rounds a batch of drafted tokens differently from one token at
+    a time, which flips near-ties at temperature 0 (measured on SmolLM2); without it the output
+    is token for token the undrafted one. A quantized V cache needs it, so it stays on there."""
+    if config.flash_attn == "auto" and config.draft and gpu_layers == 0 \
+            and config.kv_type == "f16":
+        return "off"
+    return config.flash_attn
+
+
+def _load_draft(path: Path, gpu_layers: int, llm: llama_cpp.Llama, header: GGUFHeader,
+                config: EngineConfig) -> DraftModel:
+    """The draft GGUF, checked against the model like llama.cpp checks it."""
+    from localr1.engine.draft_compat import check_draft_compatible
+    from localr1.engine.drafters import DraftModel
+
+    draft = DraftModel(path, gpu_layers)
+    try:
+        check_draft_compatible(llm.model, draft.model, header.name or config.model_path.stem,
+                               draft.name)
+    except BaseException:
+        draft.close()
+        raise
+    return draft

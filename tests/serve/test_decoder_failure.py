@@ -11,8 +11,9 @@ import pytest
 
 from localr1.chat_message import ChatMessage
 from localr1.config import Settings
+from localr1.engine.decode_loop import DecodeLoop
 from localr1.engine.events import GenerationParams, TurnDone
-from localr1.engine.parallel_decoder import ParallelDecoder, SequenceRequest
+from localr1.engine.parallel_decoder import SequenceRequest
 from localr1.errors import GenerationError
 from localr1.models.choice import ChosenModel
 from localr1.paths import app_paths
@@ -40,15 +41,15 @@ def test_a_request_prepared_during_a_decode_failure_is_refused(r1_prefill_model,
     scheduler = server.scheduler
     loop = asyncio.new_event_loop()
     fail = threading.Event()
-    decode_step = ParallelDecoder._decode_step
+    decode_step = DecodeLoop.step
 
-    def failing_step(self, slots):
+    def failing_step(self, slots, sink):
         if fail.is_set():
             fail.clear()
             raise GenerationError("llama.cpp failed while generating (llama_decode -3)")
-        return decode_step(self, slots)
+        return decode_step(self, slots, sink)
 
-    monkeypatch.setattr(ParallelDecoder, "_decode_step", failing_step)
+    monkeypatch.setattr(DecodeLoop, "step", failing_step)
     try:
         prepared, release = threading.Event(), threading.Event()
         late = Ticket(loop)
