@@ -69,6 +69,22 @@ def pull(name: str, yes: bool) -> None:
                   f"{result.model.path}")
     else:
         safe_echo(f"pulled {plan.name}: {result.model.path}")
+    tip = _draft_tip(result.model, app_paths().models_dir)
+    if tip:
+        safe_echo(tip, err=True)
+
+
+def _draft_tip(model: InstalledModel, models_dir: Path) -> str | None:
+    """The draft model to try with a Qwen R1 distill just pulled (models.draft_suggestion)."""
+    from localr1.config import load_settings
+    from localr1.models.catalog import load_catalog
+    from localr1.models.draft_suggestion import suggest_draft
+    from localr1.models.library import list_models as installed
+    from localr1.paths import app_paths
+
+    configured = load_settings(app_paths().config_file).draft_model
+    suggestion = suggest_draft(model, load_catalog(), installed(models_dir), configured)
+    return suggestion.cli_text if suggestion else None
 
 
 # ---- list ------------------------------------------------------------------------------------
@@ -92,7 +108,7 @@ def list_models(available: bool, json_output: bool) -> None:
         rows = catalog_rows(load_catalog(), models_dir)
         headers = ("NAME", "SIZE", "PARAMS", "FIT", "SPEED", "NOTES")
         cells = [(r.name, format_bytes(r.entry.size_bytes), r.entry.model.parameters,
-                  r.fit.label, r.fit.speed_text, r.notes) for r in rows]
+                  r.fit_label, r.fit.speed_text, r.notes) for r in rows]
     else:
         rows = installed_rows(models_dir)
         headers = ("NAME", "SIZE", "QUANT", "PARAMS", "FIT", "SPEED", "LAST USED")
@@ -164,6 +180,7 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
                       compute_hash: bool) -> dict[str, Any]:
     from localr1.config import load_settings
     from localr1.engine.loading import format_note_from_file
+    from localr1.models.decode_options import is_no_draft, kv_cache_facts
     from localr1.models.fit import (
         assess,
         default_context_size,
@@ -176,6 +193,7 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
     from localr1.sizes import format_bytes
 
     header = read_gguf_header(model.path)
+    settings = load_settings(app_paths().config_file)
     summary = model.summary
     sha256 = model.sha256
     if sha256 is None and compute_hash and len(model.files) == 1:
@@ -198,8 +216,10 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
         "layers": summary.n_layers,
         "chat_template": chat_template_variant(header.chat_template),
         # None: its template, or the config's chat_format (as `run` resolves it)
-        "prompt_format": format_note_from_file(
-            model.path, header, load_settings(app_paths().config_file).chat_format),
+        "prompt_format": format_note_from_file(model.path, header, settings.chat_format),
+        # config.toml's decode options, shown when not the defaults
+        "kv_cache": ", ".join(kv_cache_facts(settings.flash_attn, settings.kv_type)) or None,
+        "draft": None if is_no_draft(settings.draft_model) else settings.draft_model,
         "fit": f"{label_and_speed(fit)} (about {format_bytes(fit.needed_bytes)} at "
                f"{fit.n_ctx} tokens)",
         "last_used": last_used_text(model.last_used),

@@ -1,8 +1,10 @@
 """Will this model run here? A fit label from its size, its KV cache, and free RAM / VRAM.
 
 needed = weights (the GGUF's tensor data, or the catalog's approximate file size before a
-download) + the f16 KV cache for the default context (layers x context x KV heads x head dim,
-from the GGUF header or from models.toml) + llama.cpp's compute allowance (hardware.py). Then:
+download) + the KV cache for the default context in config.toml's kv_type (layers x context x
+KV heads x head dim, from the GGUF header or from models.toml) + llama.cpp's compute allowance
+(hardware.py); with config.toml's draft_model installed, + the draft's own weights, KV cache and
+allowance, and the label says "(with draft)". Then:
 
 * "fits in GPU"                 a GPU backend, and needed <= free VRAM;
 * "partial GPU offload"         a GPU backend, needed <= free VRAM + available RAM (also when
@@ -60,6 +62,15 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class ConfiguredDraft:
+    """config.toml's draft_model, installed: counted beside every model but itself."""
+
+    shape: ModelShape
+    model_name: str  # its installed name
+    catalog_name: str | None  # its catalog entry ("r1:1.5b-q4_k_m"), if pulled from one
+
+
+@dataclass(frozen=True)
 class Fit:
     label: str
     needed_bytes: int
@@ -69,10 +80,17 @@ class Fit:
     kv_known: bool
     tokens_per_second: float | None = None  # estimated decode speed; None: unknown
     speed_is_upper_bound: bool = False  # from the CPU-held part alone (GPU bandwidth unknown)
+    kv_type: str = "f16"
+    draft_bytes: int = 0  # the configured draft model's share of needed_bytes; 0: none
 
     @property
     def runs(self) -> bool:
         return self.label != TOO_LARGE
+
+    @property
+    def label_text(self) -> str:
+        """The label as shown: "CPU only, fits in RAM (with draft)" when a draft is counted."""
+        return f"{self.label} (with draft)" if self.draft_bytes else self.label
 
     @property
     def speed_text(self) -> str:
@@ -111,22 +129,29 @@ def shape_from_catalog(model: CatalogModel, size_bytes: int) -> ModelShape:
                       model.head_dim, model.context_length)
 
 
-def assess(shape: ModelShape, n_ctx: int, machine: MachineMemory) -> Fit:
+def assess(shape: ModelShape, n_ctx: int, machine: MachineMemory, *, kv_type: str = "f16",
+           draft: ModelShape | None = None) -> Fit:
+    """The fit of `shape` at `n_ctx` (capped at its training context) with a `kv_type` KV
+    cache, and with `draft` loaded beside it (its KV cache at the same context)."""
     if shape.context_length:
         n_ctx = min(n_ctx, shape.context_length)
     kv_known = bool(shape.n_layers and shape.n_kv_heads and shape.key_length)
-    if kv_known:
-        estimate = hardware.estimate_memory_for_shape(
-            shape.weights_bytes, shape.n_layers, shape.n_kv_heads, shape.key_length,
-            shape.value_length or shape.key_length, n_ctx)
-    else:
-        estimate = hardware.estimate_memory_for_shape(shape.weights_bytes, 1, 0, 0, 0, n_ctx)
-    needed = estimate.total_bytes
+    estimate = _estimate(shape, n_ctx, kv_type)
+    draft_bytes = _estimate(draft, n_ctx, kv_type).total_bytes if draft else 0
+    needed = estimate.total_bytes + draft_bytes
     label = _label(needed, machine)
     tokens_per_second, upper_bound = _tokens_per_second(label, shape.weights_bytes, needed,
                                                         machine)
     return Fit(label, needed, shape.weights_bytes, estimate.kv_cache_bytes, n_ctx, kv_known,
-               tokens_per_second, upper_bound)
+               tokens_per_second, upper_bound, kv_type, draft_bytes)
+
+
+def _estimate(shape: ModelShape, n_ctx: int, kv_type: str) -> hardware.MemoryEstimate:
+    if shape.n_layers and shape.n_kv_heads and shape.key_length:
+        return hardware.estimate_memory_for_shape(
+            shape.weights_bytes, shape.n_layers, shape.n_kv_heads, shape.key_length,
+            shape.value_length or shape.key_length, n_ctx, kv_type)
+    return hardware.estimate_memory_for_shape(shape.weights_bytes, 1, 0, 0, 0, n_ctx)
 
 
 def _tokens_per_second(label: str, weights: int, needed: int,
@@ -170,34 +195,48 @@ def default_context_size() -> int:
     return load_settings(app_paths().config_file).context_size
 
 
+def configured_kv_type() -> str:
+    """The KV cache type fits are estimated for: config.toml's kv_type (default f16)."""
+    from localr1.config import load_settings
+    from localr1.paths import app_paths
+
+    return load_settings(app_paths().config_file).kv_type
+
+
 def plan_fit(plan: PullPlan, machine: MachineMemory) -> Fit:
     """The fit of a model about to be pulled: catalog facts when it is a catalog entry, the
     download size alone otherwise (its KV cache is unknown until the header is read)."""
     entry = plan.catalog_entry
     shape = shape_from_catalog(entry.model, plan.size_bytes) if entry else \
         ModelShape(plan.size_bytes, None, None, None, None, None)
-    return assess(shape, default_context_size(), machine)
+    return assess(shape, default_context_size(), machine, kv_type=configured_kv_type())
 
 
 def label_and_speed(fit: Fit) -> str:
     """"CPU only, fits in RAM, ~13 tok/s"; the label alone for a model too large to run."""
-    return f"{fit.label}, {fit.speed_text}" if fit.runs else fit.label
+    return f"{fit.label_text}, {fit.speed_text}" if fit.runs else fit.label_text
 
 
 def fit_text(fit: Fit) -> str:
     """E.g. "CPU only, fits in RAM, ~13 tok/s (needs about 1.4 GB: weights, KV cache for 8192
     tokens)"."""
-    kv = f"KV cache for {fit.n_ctx} tokens" if fit.kv_known else \
+    kv_type = "" if fit.kv_type == "f16" else f"{fit.kv_type} "
+    kv = f"{kv_type}KV cache for {fit.n_ctx} tokens" if fit.kv_known else \
         "KV cache unknown until downloaded"
-    return f"{label_and_speed(fit)} (needs about {format_bytes(fit.needed_bytes)}: weights, {kv})"
+    draft = ", draft" if fit.draft_bytes else ""
+    return f"{label_and_speed(fit)} (needs about {format_bytes(fit.needed_bytes)}: weights, " \
+        f"{kv}{draft})"
 
 
-def assess_catalog_entry(entry: CatalogEntry, n_ctx: int, machine: MachineMemory) -> Fit:
-    return assess(shape_from_catalog(entry.model, entry.size_bytes), n_ctx, machine)
+def assess_catalog_entry(entry: CatalogEntry, n_ctx: int, machine: MachineMemory, *,
+                         kv_type: str = "f16", draft: ConfiguredDraft | None = None) -> Fit:
+    counted = draft.shape if draft and draft.catalog_name != entry.name else None
+    return assess(shape_from_catalog(entry.model, entry.size_bytes), n_ctx, machine,
+                  kv_type=kv_type, draft=counted)
 
 
-def recommended_entries(entries: list[CatalogEntry], n_ctx: int,
-                        machine: MachineMemory) -> set[str]:
+def recommended_entries(entries: list[CatalogEntry], n_ctx: int, machine: MachineMemory, *,
+                        kv_type: str = "f16", draft: ConfiguredDraft | None = None) -> set[str]:
     """Per model, the quant to suggest here: the largest that runs fully on the GPU; failing
     that, the catalog's default quant if it runs at all; in both cases only when its
     estimated speed is usable (speed.USABLE_TOKENS_PER_SECOND; unknown speeds pass). So the
@@ -207,7 +246,8 @@ def recommended_entries(entries: list[CatalogEntry], n_ctx: int,
     by_model: dict[str, list[CatalogEntry]] = {}
     for entry in entries:
         by_model.setdefault(entry.model.name, []).append(entry)
-    fits = {e.name: assess_catalog_entry(e, n_ctx, machine) for e in entries}
+    fits = {e.name: assess_catalog_entry(e, n_ctx, machine, kv_type=kv_type, draft=draft)
+            for e in entries}
     for model_entries in by_model.values():
         usable = [e for e in model_entries
                   if fits[e.name].runs and speed.is_usable(fits[e.name].tokens_per_second)]

@@ -1,8 +1,8 @@
 """What this machine offers a model: RAM, GPU backend and VRAM, threads; and what a model needs.
 
 Memory estimates follow llama.cpp's own accounting closely enough to decide what fits:
-weights (the GGUF's tensor data), the KV cache (f16 K and V for every layer, context slot and
-KV head), and a compute-buffer allowance.
+weights (the GGUF's tensor data), the KV cache (K and V for every layer, context slot and KV
+head, in the configured kv_type), and a compute-buffer allowance.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from localr1.models.gguf_header import GGUFHeader
 GIB = 1024**3
 # llama.cpp's compute buffers and scratch: a few hundred MB for the distills at 8k context.
 COMPUTE_OVERHEAD_BYTES = 512 * 1024**2
+# Bytes per KV-cache element: ggml's q8_0 block is 32 int8 + an f16 scale (34 bytes per 32),
+# q4_0's 32 nibbles + an f16 scale (18 bytes per 32).
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 @dataclass(frozen=True)
@@ -119,14 +122,25 @@ def gpu_free_bytes(backend: BackendInfo) -> int | None:
     return None
 
 
-def estimate_memory(header: GGUFHeader, n_ctx: int) -> MemoryEstimate:
+def kv_cache_bytes(n_layers: int, n_ctx: int, n_kv_heads: int, key_length: int,
+                   value_length: int, kv_type: str = "f16") -> int:
+    """K and V caches of every layer and context slot, in `kv_type` (config.KV_TYPES)."""
+    elements = n_layers * n_ctx * n_kv_heads * (key_length + value_length)
+    return int(elements * KV_BYTES_PER_ELEMENT[kv_type])
+
+
+def estimate_memory(header: GGUFHeader, n_ctx: int, kv_type: str = "f16") -> MemoryEstimate:
     n_layers = header.block_count or 1
-    kv_heads = header.head_count_kv or 1
     key_len = header.key_length or 128
-    value_len = header.value_length or key_len
-    # f16 K and V caches: 2 bytes per element, every layer, every context slot.
-    kv = n_layers * n_ctx * kv_heads * (key_len + value_len) * 2
+    kv = kv_cache_bytes(n_layers, n_ctx, header.head_count_kv or 1, key_len,
+                        header.value_length or key_len, kv_type)
     return MemoryEstimate(header.data_size, kv, COMPUTE_OVERHEAD_BYTES, n_layers)
+
+
+def draft_estimate(header: GGUFHeader, n_ctx: int, kv_type: str = "f16") -> MemoryEstimate:
+    """What a draft model adds beside its target: its weights, its own KV cache at the same
+    context and kv_type, and its own compute buffers (a second llama.cpp context)."""
+    return estimate_memory(header, n_ctx, kv_type)
 
 
 def plan_gpu_layers(requested: int | str, estimate: MemoryEstimate, backend: BackendInfo,
@@ -162,9 +176,10 @@ def default_threads() -> int:
 
 
 def estimate_memory_for_shape(weights_bytes: int, n_layers: int, n_kv_heads: int,
-                              key_length: int, value_length: int, n_ctx: int) -> MemoryEstimate:
+                              key_length: int, value_length: int, n_ctx: int,
+                              kv_type: str = "f16") -> MemoryEstimate:
     """Like estimate_memory, from numbers alone (a catalog entry before its GGUF is on disk)."""
-    kv = n_layers * n_ctx * n_kv_heads * (key_length + value_length) * 2  # f16 K and V
+    kv = kv_cache_bytes(n_layers, n_ctx, n_kv_heads, key_length, value_length, kv_type)
     return MemoryEstimate(weights_bytes, kv, COMPUTE_OVERHEAD_BYTES, n_layers)
 
 

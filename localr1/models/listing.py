@@ -3,7 +3,8 @@ estimated speeds and "last used", that `localr1 list` (and its --json) and the T
 screen both render.
 
 Listing reads the registry (no multi-GB header reads for registered models) and probes this
-machine's memory once for all the fit labels.
+machine's memory once for all the fit labels. The fits are for config.toml's context_size and
+kv_type, and count its draft_model beside each model when that one is installed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localr1.config import Settings
 from localr1.durations import format_age
+from localr1.errors import LocalR1Error
 from localr1.models import fit
-from localr1.models.catalog import Catalog, CatalogEntry
-from localr1.models.library import is_missing, list_models
+from localr1.models.catalog import Catalog, CatalogEntry, load_catalog
+from localr1.models.decode_options import LOOKUP, is_no_draft
+from localr1.models.draft_suggestion import DraftSuggestion, suggest_draft
+from localr1.models.library import (
+    build_model,
+    find_installed,
+    is_missing,
+    list_models,
+    names_a_path,
+)
 from localr1.models.registry import InstalledModel
+from localr1.models.split_names import part_paths
 
 FILE_MISSING = "file missing"
 
@@ -27,6 +39,7 @@ class InstalledRow:
     model: InstalledModel
     fit: fit.Fit | None  # None: a file of the model is gone
     last_used: str  # "never", "just now", "5 min ago"
+    draft_tip: DraftSuggestion | None = None  # the draft model that would speed it up
 
     @property
     def name(self) -> str:
@@ -34,7 +47,7 @@ class InstalledRow:
 
     @property
     def fit_label(self) -> str:
-        return FILE_MISSING if self.fit is None else self.fit.label
+        return FILE_MISSING if self.fit is None else self.fit.label_text
 
     @property
     def speed(self) -> str:
@@ -53,7 +66,9 @@ class InstalledRow:
         return {"name": model.name, "path": str(model.path), "size_bytes": model.size_bytes,
                 "quant": summary.quant, "parameters": summary.parameter_count,
                 "architecture": summary.architecture, "context_length": summary.context_length,
-                "fit": self.fit_label, "needed_bytes": self.fit.needed_bytes if self.fit else None,
+                "fit": FILE_MISSING if self.fit is None else self.fit.label,
+                "needed_bytes": self.fit.needed_bytes if self.fit else None,
+                "draft_bytes": self.fit.draft_bytes if self.fit else None,
                 "tokens_per_second": _rounded(self.fit.tokens_per_second if self.fit else None),
                 "last_used": _iso(model.last_used), "source": model.source, "repo": model.repo,
                 "sha256": model.sha256, "files": [str(f.path) for f in model.files]}
@@ -76,6 +91,10 @@ class CatalogRow:
         return self.entry.model.title
 
     @property
+    def fit_label(self) -> str:
+        return self.fit.label_text
+
+    @property
     def notes(self) -> str:
         notes = [f"= {', '.join(self.also)}"] if self.also else []
         notes += ["installed"] if self.installed else []
@@ -89,7 +108,7 @@ class CatalogRow:
                 "size_bytes": entry.size_bytes, "parameters": model.parameters,
                 "architecture": model.architecture, "context_length": model.context_length,
                 "license": model.license, "fit": self.fit.label,
-                "needed_bytes": self.fit.needed_bytes,
+                "needed_bytes": self.fit.needed_bytes, "draft_bytes": self.fit.draft_bytes,
                 "tokens_per_second": _rounded(self.fit.tokens_per_second),
                 "installed": self.installed,
                 "recommended": self.recommended}
@@ -102,12 +121,22 @@ def installed_rows(models_dir: Path, machine: fit.MachineMemory | None = None,
     if not models:
         return []
     machine = machine or fit.machine_memory()
-    n_ctx = fit.default_context_size()
+    settings = _settings()
+    try:
+        catalog = load_catalog()
+    except LocalR1Error:
+        catalog = None  # no draft tips; the catalog list says why
+    draft = configured_draft(settings.draft_model, models_dir, catalog)
     now = time.time() if now is None else now
-    return [InstalledRow(m, None if is_missing(m) else
-                         fit.assess(fit.shape_from_summary(m.summary), n_ctx, machine),
-                         last_used_text(m.last_used, now))
-            for m in models]
+    rows = []
+    for model in models:
+        counted = draft.shape if draft and draft.model_name != model.name else None
+        assessed = None if is_missing(model) else fit.assess(
+            fit.shape_from_summary(model.summary), settings.context_size, machine,
+            kv_type=settings.kv_type, draft=counted)
+        tip = suggest_draft(model, catalog, models, settings.draft_model) if catalog else None
+        rows.append(InstalledRow(model, assessed, last_used_text(model.last_used, now), tip))
+    return rows
 
 
 def catalog_rows(catalog: Catalog, models_dir: Path, machine: fit.MachineMemory | None = None,
@@ -117,9 +146,11 @@ def catalog_rows(catalog: Catalog, models_dir: Path, machine: fit.MachineMemory 
     from localr1.models.hub_resolve import local_path
 
     machine = machine or fit.machine_memory()
-    n_ctx = fit.default_context_size()
+    settings = _settings()
+    n_ctx, kv_type = settings.context_size, settings.kv_type
+    draft = configured_draft(settings.draft_model, models_dir, catalog)
     entries = catalog.entries()
-    recommended = fit.recommended_entries(entries, n_ctx, machine)
+    recommended = fit.recommended_entries(entries, n_ctx, machine, kv_type=kv_type, draft=draft)
     if installed is None:
         installed = list_models(models_dir)
     on_disk = {m.catalog_name or m.name for m in installed}
@@ -134,9 +165,35 @@ def catalog_rows(catalog: Catalog, models_dir: Path, machine: fit.MachineMemory 
             local_path(models_dir, entry.repo, entry.files[0]).is_file()
         also = ([entry.model.name] if entry.is_default_quant else []) + \
             aliases.get(entry.name, [])
-        rows.append(CatalogRow(entry, fit.assess_catalog_entry(entry, n_ctx, machine),
-                               tuple(also), here, entry.name in recommended))
+        assessed = fit.assess_catalog_entry(entry, n_ctx, machine, kv_type=kv_type, draft=draft)
+        rows.append(CatalogRow(entry, assessed, tuple(also), here, entry.name in recommended))
     return rows
+
+
+def configured_draft(draft_model: str | None, models_dir: Path,
+                     catalog: Catalog | None = None) -> fit.ConfiguredDraft | None:
+    """config.toml's draft_model when it names a model on disk (an installed name, or a GGUF
+    path); None for none, "lookup" (no second model) or one not there (loading says why)."""
+    if is_no_draft(draft_model) or draft_model.strip().lower() == LOOKUP:
+        return None
+    try:
+        model = find_installed(draft_model, models_dir, catalog=catalog)
+        path = Path(draft_model).expanduser()
+        if model is None and names_a_path(draft_model) and path.is_file():
+            model = build_model(path.stem, part_paths(path), source="import", owned=False)
+    except (LocalR1Error, OSError):
+        return None  # unreadable: the fit goes without the draft, loading will say why
+    if model is None or is_missing(model):
+        return None
+    return fit.ConfiguredDraft(fit.shape_from_summary(model.summary), model.name,
+                               model.catalog_name)
+
+
+def _settings() -> Settings:
+    from localr1.config import load_settings
+    from localr1.paths import app_paths
+
+    return load_settings(app_paths().config_file)
 
 
 def last_used_text(when: float | None, now: float | None = None) -> str:

@@ -5,8 +5,10 @@ pull one with a live progress bar (cancel, resume).
 
 The rows are `localr1.models.listing`'s, the ones `localr1 list` prints. Listing reads GGUF
 headers (slow for big files) and the fit estimate probes memory, so a worker does it and posts
-`ModelDetails`; the screen stays responsive meanwhile. The app installs this screen once, so a
-download goes on while you chat and the screen shows it when you come back.
+`ModelDetails`; the screen stays responsive meanwhile. Fits count config.toml's kv_type and
+its draft model ("(with draft)"); under the installed list, a tip names the draft model that
+would speed up the highlighted one (r1:1.5b for a Qwen R1 distill). The app installs this
+screen once, so a download goes on while you chat and the screen shows it when you come back.
 Removal goes through `library.remove_model`: our own copies are deleted, imported files are
 only forgotten.
 """
@@ -33,6 +35,8 @@ from localr1.tui.messages import ModelDetails
 from localr1.tui.screens.dialogs import ConfirmScreen
 from localr1.tui.widgets.pull_panel import PullPanel
 
+FIT_WIDTH = 26  # "too large for this machine"
+
 
 class ModelsScreen(Screen[Path | None]):
     """Dismisses with the path of the model to use, or None."""
@@ -44,6 +48,7 @@ class ModelsScreen(Screen[Path | None]):
     ModelsScreen > #installed { height: auto; max-height: 1fr; }
     ModelsScreen > #available { height: 1fr; }
     ModelsScreen > .hint { padding: 0 1; color: $text-muted; height: auto; }
+    ModelsScreen > #draft-tip { padding: 0 1; color: $accent; height: auto; }
     """
     BINDINGS = [Binding("enter", "select", "Use / pull", show=True),
                 Binding("p", "pull", "Pull"),
@@ -72,6 +77,7 @@ class ModelsScreen(Screen[Path | None]):
                      classes="hint")
         yield Static("Installed", classes="section", id="installed-title")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="installed")
+        yield Static("", id="draft-tip")
         yield Static("Available from the Hugging Face Hub  (★ recommended for this machine)",
                      classes="section")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="available")
@@ -87,16 +93,21 @@ class ModelsScreen(Screen[Path | None]):
         return self.query_one("#available", DataTable)
 
     def on_mount(self) -> None:
+        self._add_columns(FIT_WIDTH)
+        self.query_one("#draft-tip", Static).display = False
+        self.installed_table.focus()
+
+    def _add_columns(self, fit_width: int) -> None:
+        """The tables' columns; the Fit column as wide as its longest label ("(with draft)")."""
         for label, key, width in (("Name", "name", 24), ("Size", "size", 9),
-                                  ("Quant", "quant", 8), ("Fit", "fit", 26),
+                                  ("Quant", "quant", 8), ("Fit", "fit", fit_width),
                                   ("Speed", "speed", 11), ("Last used", "used", 12),
                                   ("", "state", 17)):
             self.installed_table.add_column(label, key=key, width=width)
         for label, key, width in (("", "star", 1), ("Name", "name", 20), ("Model", "title", 30),
-                                  ("Size", "size", 9), ("Fit", "fit", 26),
+                                  ("Size", "size", 9), ("Fit", "fit", fit_width),
                                   ("Speed", "speed", 11)):
             self.available_table.add_column(label, key=key, width=width)
-        self.installed_table.focus()
 
     def on_screen_resume(self) -> None:
         """Every time the screen is shown: the current model and a fresh listing."""
@@ -125,8 +136,12 @@ class ModelsScreen(Screen[Path | None]):
     def on_model_details(self, message: ModelDetails) -> None:
         table = self.installed_table
         table.loading = False
-        keep = table.cursor_row
-        table.clear()
+        keep, keep_available = table.cursor_row, self.available_table.cursor_row
+        table.clear(columns=True)
+        self.available_table.clear(columns=True)
+        labels = [row.fit_label for row in message.rows] + \
+            [row.fit_label for row in message.catalog if not isinstance(row, str)]
+        self._add_columns(max([FIT_WIDTH, *map(len, labels)]))
         self.rows = {str(row.model.path): row for row in message.rows}
         for key, row in self.rows.items():
             table.add_row(literal(row.name), format_bytes(row.model.size_bytes),
@@ -143,8 +158,6 @@ class ModelsScreen(Screen[Path | None]):
             "Installed" if self.rows else
             "Installed: none yet — pull one below, or i imports a GGUF file")
         available = self.available_table
-        keep = available.cursor_row
-        available.clear()
         self.catalog_rows = {row.name: row for row in message.catalog
                              if not isinstance(row, str)}
         for row in message.catalog:
@@ -152,11 +165,21 @@ class ModelsScreen(Screen[Path | None]):
                 available.add_row("", "?", literal(row), "", "", "", key="?")
                 continue
             available.add_row("★" if row.recommended else "", row.name, row.title,
-                              format_bytes(row.entry.size_bytes), row.fit.label,
+                              format_bytes(row.entry.size_bytes), row.fit_label,
                               row.fit.speed_text, key=row.name)
-        available.move_cursor(row=min(keep, max(0, available.row_count - 1)))
+        available.move_cursor(row=min(keep_available, max(0, available.row_count - 1)))
         if not self.rows:
             available.focus()
+        self._show_draft_tip()
+
+    @on(DataTable.RowHighlighted, "#installed")
+    def _show_draft_tip(self) -> None:
+        """The draft model that would speed up the highlighted installed model, if any."""
+        row = self._selected()
+        tip = self.query_one("#draft-tip", Static)
+        tip.display = bool(row and row.draft_tip)
+        if row and row.draft_tip:
+            tip.update(Content(row.draft_tip.tui_text))
 
     def _state(self, model: InstalledModel) -> str:
         marks = []
