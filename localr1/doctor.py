@@ -11,7 +11,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from localr1 import __version__
 from localr1.config import Settings
@@ -46,6 +46,7 @@ def run_checks(paths: AppPaths, *, model_given: bool = False) -> list[Check]:
     checks.extend(_check_paths(paths))
     settings_check, settings = _check_config(paths)
     checks.append(settings_check)
+    checks.append(_check_threads(settings or Settings(), openmp=_uses_openmp(llama)))
     checks.append(_check_default_model(settings or Settings(), paths, model_given))
     return checks
 
@@ -113,13 +114,28 @@ def _gpu_hardware() -> tuple[str | None, str]:
 
 
 def _check_memory() -> Check:
-    from localr1.models.hardware import default_threads, memory_info
+    from localr1.models.hardware import memory_info
     from localr1.sizes import format_bytes
 
     mem = memory_info()
     return Check("memory", "ok", f"{format_bytes(mem.total_bytes)} RAM, "
-                                 f"{format_bytes(mem.available_bytes)} free; "
-                                 f"{default_threads()} threads")
+                                 f"{format_bytes(mem.available_bytes)} free")
+
+
+def _uses_openmp(llama: Check) -> bool:
+    if llama.status == "fail":
+        return False
+    from localr1.models.hardware import backend_info
+
+    return "OPENMP = 1" in backend_info().system_info
+
+
+def _check_threads(settings: Settings, *, openmp: bool) -> Check:
+    """The thread count a model would load with now, and why (other load is measured)."""
+    from localr1.engine.thread_policy import choose_threads, wait_policy
+
+    choice = choose_threads(settings.threads)
+    return Check("threads", "ok", f"{choice.reason}; {wait_policy(openmp)}")
 
 
 def _check_paths(paths: AppPaths) -> list[Check]:
@@ -168,17 +184,24 @@ def _check_default_model(settings: Settings, paths: AppPaths, model_given: bool)
                  f"{chosen.name}: {header.architecture}, {header.file_type or 'unknown quant'}")
 
 
-def check_model_runs(reference: str, paths: AppPaths) -> Check:
-    """Load a model the way `run` does and decode a few tokens: proves offload really works."""
+def check_model_runs(reference: str, paths: AppPaths,
+                     typed_settings: dict[str, Any] | None = None) -> Check:
+    """Load a model the way `run` does and decode a few tokens: proves offload really works.
+    `typed_settings`: command-line values (--draft, --kv-type...) over config.toml's."""
+    from dataclasses import replace
+
     from localr1.chat_message import ChatMessage
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model
+    from localr1.models.decode_options import resolve_draft
 
     try:
-        settings = load_settings(paths.config_file)
+        settings = replace(load_settings(paths.config_file), **(typed_settings or {}))
         chosen = choose_model(reference, settings, paths)
-        with Engine.load(EngineConfig.from_settings(chosen.path, settings)) as engine:
+        draft = resolve_draft(settings.draft_model, paths.models_dir)
+        with Engine.load(EngineConfig.from_settings(chosen.path, settings,
+                                                    draft=draft)) as engine:
             events = list(engine.stream_chat([ChatMessage("user", "Say OK.")],
                                              GenerationParams(max_tokens=8, seed=0)))
     except LocalR1Error as exc:
