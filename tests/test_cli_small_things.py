@@ -3,21 +3,18 @@ crash, the title of a run with piped text, and `doctor --model` without a defaul
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
+import re
 import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
 
 from localr1.store import Store
 from tests.fixtures import scripted_models as sm
+from tests.pty_terminal import run_on_terminal
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -43,44 +40,49 @@ main()
 """
 
 
-def _in_terminal(code: str, timeout: float = 120) -> tuple[int, str]:
-    """Run Python `code` on a 100x30 pseudo-terminal; its exit status and what it wrote. Fails
-    the test if the terminal is still open after `timeout` seconds."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+def _in_terminal(code: str) -> tuple[int, str]:
+    """Run Python `code` on a 100x30 pseudo-terminal, keyboard included; its exit status and
+    what it wrote."""
     env = {k: v for k, v in os.environ.items() if k != "LOCALR1_DEBUG"}
     env |= {"TERM": "xterm-256color", "PYTHONPATH": _PROJECT_ROOT}
-    process = subprocess.Popen([sys.executable, "-c", code], stdin=follower, stdout=follower,
-                               stderr=follower, env=env, start_new_session=True)
-    os.close(follower)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([leader], [], [], left)[0]:
-                shown = b"".join(chunks)[-2000:].decode("utf-8", "replace")
-                pytest.fail(f"the app wrote nothing more for {timeout} s and did not exit; "
-                            f"its last output:\n{shown}")
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
-    finally:
-        os.close(leader)
-        if process.poll() is None:
-            process.kill()
+    status, screen = run_on_terminal([sys.executable, "-c", code], env=env, keyboard=True,
+                                     size=(100, 30))
+    return status, screen.decode("utf-8", "replace")
+
+
+def _python_on_terminal(code: str) -> None:
+    run_on_terminal([sys.executable, "-c", code], timeout=3)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="ptys are POSIX")
 def test_a_terminal_that_never_closes_fails_the_test_at_its_deadline():
     with pytest.raises(pytest.fail.Exception, match="did not exit; its last output:\nwaiting"):
-        _in_terminal("import sys, threading; print('waiting'); sys.stdout.flush(); "
-                     "threading.Event().wait()", timeout=3)
+        _python_on_terminal("import sys, threading; print('waiting'); sys.stdout.flush(); "
+                            "threading.Event().wait()")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ptys are POSIX")
+def test_a_command_that_closes_the_terminal_but_hangs_fails_at_the_deadline():
+    with pytest.raises(pytest.fail.Exception, match="closed the terminal but did not exit"):
+        _python_on_terminal("import os, threading; print('bye', flush=True); os.close(1); "
+                            "os.close(2); threading.Event().wait()")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pidfds are Linux's")
+def test_the_deadline_kills_a_grandchild_that_holds_the_terminal():
+    spawn = ("import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', "
+             "'import threading; threading.Event().wait()']); print('pid', child.pid)")
+    with pytest.raises(pytest.fail.Exception) as failure:
+        _python_on_terminal(spawn)  # it exits at once; its child keeps the terminal open
+    grandchild = int(re.search(r"pid (\d+)", str(failure.value)).group(1))
+    try:
+        pidfd = os.pidfd_open(grandchild)
+    except ProcessLookupError:
+        return  # gone and reaped already
+    try:
+        assert select.select([pidfd], [], [], 30)[0], "the grandchild outlived the test"
+    finally:
+        os.close(pidfd)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="ptys are POSIX")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.fixtures import scripted_models as sm
 from tests.fixtures.odd_models import write_huge_sparse_model, write_unknown_architecture_model
+from tests.pty_terminal import localr1_on_terminal
 
 
 def localr1(*args, input=None, env=None):
@@ -120,22 +120,8 @@ def test_model_name_from_models_folder_and_default(tmp_path, r1_prefill_model):
 
 def run_in_terminal(*args):
     """Run localr1 with stdout and stderr on a pseudo-terminal; return what the terminal got."""
-    leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "localr1", *map(str, args)],
-                               stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    process.wait(timeout=60)
-    os.close(leader)
-    return process.returncode, b"".join(chunks).decode("utf-8", "replace")
+    code, screen = localr1_on_terminal(*args)
+    return code, screen.decode("utf-8", "replace")
 
 
 def test_escape_sequences_never_reach_a_terminal_raw(r1_markup_model):

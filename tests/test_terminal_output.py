@@ -8,10 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -21,6 +18,7 @@ import pytest
 from localr1.cli.pull_progress import PullProgressPrinter
 from localr1.models.pull_events import FileDone, FileStarted, Notice
 from localr1.terminal_text import visible_controls
+from tests.pty_terminal import localr1_on_terminal
 
 EVIL = "\x1b]52;c;cHduZWQ=\x07\x1bc\x9b2J\x9d0;pwned\x07\x7f"
 # `import --name` refuses it now (library.check_model_name); a registry written by an older
@@ -35,27 +33,6 @@ def assert_no_live_escapes(screen: bytes) -> None:
     text = _OWN_CODES.sub("", screen.decode("utf-8", "surrogateescape"))
     for bad in ("\x1b", "\x9b", "\x9d", "\udc9b", "\udc9d"):  # ESC, C1 CSI and OSC, raw bytes
         assert bad not in text, (bad, text)
-
-
-def on_terminal(env: dict[str, str], *args: str | Path) -> tuple[int, bytes]:
-    """Run localr1 with stdout and stderr on one pseudo-terminal; return what it got."""
-    leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "localr1", *map(str, args)],
-                               stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
-                               env=env)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed its side
-            break
-        if not data:
-            break
-        chunks.append(data)
-    code = process.wait(timeout=120)
-    os.close(leader)
-    return code, b"".join(chunks)
 
 
 def write_evil_model(directory: Path) -> Path:
@@ -118,7 +95,7 @@ COMMANDS = [
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda args: visible_controls(" ".join(args))[:40])
 def test_no_command_sends_escapes_from_data_to_a_terminal(evil_home, args):
-    code, screen = on_terminal(evil_home, *args)
+    code, screen = localr1_on_terminal(*args, env=evil_home)
     assert code in (0, 1, 2), screen
     assert b"Traceback" not in screen
     assert_no_live_escapes(screen)
@@ -128,11 +105,11 @@ def test_no_command_sends_escapes_from_data_to_a_terminal(evil_home, args):
 def test_import_and_did_you_mean_on_a_terminal(evil_home, tmp_path):
     second = tmp_path / "second"
     second.mkdir()
-    code, screen = on_terminal(evil_home, "import", write_evil_model(second), "--name",
-                               EVIL_NAME + "2")
+    code, screen = localr1_on_terminal("import", write_evil_model(second), "--name",
+                                       EVIL_NAME + "2", env=evil_home)
     assert code == 1 and b"cannot be a model name" in screen, screen  # refused, shown
     assert_no_live_escapes(screen)
-    code, screen = on_terminal(evil_home, "run", "-m", EVIL_NAME[:-2], "hi")
+    code, screen = localr1_on_terminal("run", "-m", EVIL_NAME[:-2], "hi", env=evil_home)
     assert code == 1 and b"did you mean" in screen, screen
     assert_no_live_escapes(screen)
 
@@ -140,7 +117,8 @@ def test_import_and_did_you_mean_on_a_terminal(evil_home, tmp_path):
 def test_batch_records_on_a_terminal_show_controls(evil_home, tmp_path, r1_prefill_model):
     records = tmp_path / "in.jsonl"
     records.write_text(json.dumps({"id": "id" + EVIL, "prompt": "hi"}) + "\n")
-    code, screen = on_terminal(evil_home, "batch", "-m", r1_prefill_model, records)
+    code, screen = localr1_on_terminal("batch", "-m", r1_prefill_model, records,
+                                       env=evil_home)
     assert code == 0, screen
     assert_no_live_escapes(screen)
     assert b'"answer": "Hello!' in screen
