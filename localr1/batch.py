@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from localr1.chat_message import ChatMessage
+from localr1.chat_session import speculative_summary
 from localr1.config import checked_setting
 from localr1.engine.events import (
     AnswerDelta,
@@ -243,8 +244,8 @@ def open_output_for_append(path: Path) -> IO[str]:
 
 def error_record(item: BatchItem, model: str, message: str) -> dict[str, Any]:
     return {"id": item.id, "model": model, "answer": None, "reasoning": None,
-            "finish_reason": None, "usage": None, "timings": None, "error": message,
-            "line": item.line}
+            "finish_reason": None, "usage": None, "timings": None, "speculative": None,
+            "error": message, "line": item.line}
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -256,9 +257,10 @@ class BatchOptions:
     params: GenerationParams
     parallel: int = 1
     n_ctx_per_sequence: int = 4096
-    threads: int = 2
+    threads: int = 0  # 0: the engine's (measured free cores)
     system: str | None = None
     seed: int | None = None  # per-record seeds derive from it and the record id
+    draft_label: str | None = None  # the draft model's name as the user knows it, or "lookup"
 
 
 def record_seed(seed: int, item_id: Any) -> int:
@@ -307,6 +309,8 @@ def run_batch(engine: Engine | RemoteEngine, items: list[BatchItem], options: Ba
     report()
 
     model_notes = [engine.info.format_note] if engine.info.format_note else []
+    # The draft model's name or "lookup"; None: no speculation.
+    draft = (options.draft_label or engine.info.draft) if engine.info.draft else None
 
     def sink(key: str, event) -> None:
         item, texts = by_key[key]
@@ -323,7 +327,7 @@ def run_batch(engine: Engine | RemoteEngine, items: list[BatchItem], options: Ba
             if stats.finish_reason == "cancelled":
                 return  # not written: a rerun answers it
             record = _record(item, options.model_label, texts, stats,
-                             [*model_notes, *turn_notes(stats, remote=remote)])
+                             [*model_notes, *turn_notes(stats, remote=remote)], draft)
             if save is not None and record["error"] is None:
                 save(item, _answer_events(texts, event))
             write(record, item)
@@ -372,7 +376,7 @@ def _request(engine: Engine, item: BatchItem, options: BatchOptions):
 
 
 def _record(item: BatchItem, model: str, texts: dict[str, str], stats,
-            notes: list[str]) -> dict[str, Any]:
+            notes: list[str], draft: str | None = None) -> dict[str, Any]:
     answer = texts["answer"]
     error = None
     if not answer.strip():
@@ -391,6 +395,7 @@ def _record(item: BatchItem, model: str, texts: dict[str, str], stats,
         "timings": {"ttft_ms": round(stats.ttft_seconds * 1000, 1),
                     "tokens_per_second": round(stats.tokens_per_second, 2),
                     "seconds": round(stats.total_seconds, 3)},
+        "speculative": speculative_summary(stats, draft),  # as `run --json` has it
         "notes": notes,  # as `run --json` has them: a guessed prompt format, why it stopped
         "error": error,
     }

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from localr1.chat_message import ChatMessage
 from localr1.engine.chat_engine import ChatEngine
-from localr1.engine.events import AnswerDelta, Event, GenerationParams, ReasoningDelta, TurnDone
+from localr1.engine.events import (
+    AnswerDelta,
+    Event,
+    GenerationParams,
+    ReasoningDelta,
+    TurnDone,
+    TurnStats,
+)
 from localr1.store import Conversation, Store
 
 if TYPE_CHECKING:
@@ -114,3 +121,25 @@ def _write(writer: AssistantMessageWriter, event: Event) -> None:
             ttft_ms=round(stats.ttft_seconds * 1000, 1),
             tokens_per_second=round(stats.tokens_per_second, 2),
             thinking_seconds=stats.thinking_seconds)
+
+
+# ---- speculative decoding, as every front end reports it -----------------------------------
+
+
+def speculative_summary(stats: TurnStats, draft: str | None) -> dict[str, Any] | None:
+    """`run --json`'s and batch records' "speculative" object: the draft (a model's name or
+    "lookup"), tokens it drafted and the model accepted, and their ratio (null when nothing
+    was drafted); None when the turn ran without a draft."""
+    if draft is None:
+        return None
+    rate = stats.acceptance_rate
+    return {"draft": draft, "drafted": stats.draft_tokens, "accepted": stats.draft_accepted,
+            "acceptance_rate": None if rate is None else round(rate, 4)}
+
+
+def acceptance_line(stats: TurnStats) -> str:
+    """"312/400 tokens accepted (78%)", or that nothing was drafted."""
+    rate = stats.acceptance_rate
+    if rate is None:
+        return "nothing drafted"
+    return f"{stats.draft_accepted}/{stats.draft_tokens} tokens accepted ({rate:.0%})"

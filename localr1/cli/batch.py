@@ -18,6 +18,7 @@ from localr1.cli.endpoint_options import (
     endpoint_options,
     json_schema_option,
 )
+from localr1.cli.engine_options import EngineFlags, engine_options
 from localr1.cli.params import setting_check
 from localr1.terminal_text import safe_echo, safe_write
 
@@ -54,10 +55,12 @@ from localr1.terminal_text import safe_echo, safe_write
 @click.option("--chat-format", help="Prompt format for GGUFs without a usable template.")
 @json_schema_option
 @endpoint_options
+@engine_options
 def batch(input_path: Path | None, output: Path | None, model: str | None, parallel: int,
           template_path: Path | None, input_format: str, system: str | None, seed: int | None,
           save: bool, max_tokens, temperature, top_p, ctx, threads, gpu_layers,
-          reasoning_budget, chat_format, json_schema, endpoint, api_key) -> None:
+          reasoning_budget, chat_format, json_schema, endpoint, api_key,
+          engine_flags: EngineFlags) -> None:
     """Answer every prompt in INPUT (JSONL, text lines, or stdin) as JSONL records.
 
     \b
@@ -83,7 +86,7 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model, record_use
-    from localr1.models.hardware import default_threads
+    from localr1.models.decode_options import draft_name
     from localr1.paths import app_paths
 
     paths = app_paths()
@@ -111,16 +114,18 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     if endpoint is not None:  # --parallel N: N requests in flight
         engine = connect_endpoint(endpoint, model, api_key, response_format, {
             "--ctx": ctx, "--gpu-layers": gpu_layers, "--threads": threads,
-            "--chat-format": chat_format})
-        model_label = engine.info.name
+            "--chat-format": chat_format, **engine_flags.local_only()})
+        model_label, draft_label = engine.info.name, None
     else:
         chosen = choose_model(model, settings, paths)
         if chosen is None:
             raise click.UsageError(no_model_message(paths))
-        engine = Engine.load(EngineConfig.from_settings(
+        config = EngineConfig.from_settings(
             chosen.path, settings, context_size=min(n_ctx, 2048),
             gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
-            chat_format=chat_format))
+            chat_format=chat_format, **engine_flags.engine_overrides(settings, paths.models_dir))
+        engine = Engine.load(config)
+        draft_label = draft_name(config.draft, paths.models_dir)
         if engine.info.n_ctx_train:
             n_ctx = min(n_ctx, engine.info.n_ctx_train)
         model_label = record_use(chosen, paths.models_dir, remember=save).name
@@ -130,8 +135,8 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
                                             answer_grammar=answer_grammar)
     options = BatchOptions(model_label=model_label, params=params, parallel=parallel,
                            n_ctx_per_sequence=n_ctx,
-                           threads=threads or settings.threads or default_threads(),
-                           system=system, seed=seed)
+                           threads=threads or settings.threads,  # 0: measured free cores
+                           system=system, seed=seed, draft_label=draft_label)
     out = open_output_for_append(output) if output else sys.stdout
     saver = _Saver(paths, engine, model_label, system) if save else None
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
+from localr1.cli.engine_options import EngineFlags, engine_options
 from localr1.terminal_text import safe_write
 
 if TYPE_CHECKING:
@@ -19,8 +20,11 @@ _MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 @click.option("-m", "--model", help="Also load this model and generate a few tokens, to "
               "confirm where it runs (e.g. how many layers are offloaded to the GPU).")
 @click.option("--json", "json_output", is_flag=True, help="Print the checks as JSON.")
-def doctor(model: str | None, json_output: bool) -> None:
-    """Check the install: llama.cpp build, GPU offload, memory, paths, config."""
+@engine_options
+def doctor(model: str | None, json_output: bool, engine_flags: EngineFlags) -> None:
+    """Check the install: llama.cpp build, GPU offload, memory, paths, config.
+
+    --draft, --kv-type and the like apply to the --model test."""
     import json
     from dataclasses import asdict
 
@@ -28,9 +32,12 @@ def doctor(model: str | None, json_output: bool) -> None:
     from localr1.paths import app_paths
 
     paths = app_paths()
+    if not model and engine_flags.typed_settings():
+        raise click.UsageError("--draft, --kv-type and the like need --model (they apply to "
+                               "its test)")
     checks = run_checks(paths, model_given=bool(model))
     if model:
-        checks.append(check_model_runs(model, paths))
+        checks.append(check_model_runs(model, paths, engine_flags.typed_settings()))
     if json_output:
         click.echo(json.dumps([asdict(c) for c in checks], indent=2))
     else:

@@ -18,6 +18,7 @@ from localr1.cli.endpoint_options import (
     endpoint_options,
     json_schema_option,
 )
+from localr1.cli.engine_options import EngineFlags, engine_options
 from localr1.cli.params import setting_check
 from localr1.errors import LocalR1Error
 from localr1.terminal_text import safe_echo
@@ -59,14 +60,24 @@ def cli(ctx: click.Context) -> None:
 @click.argument("conversation_id", type=CONVERSATION_ID, required=False)
 @click.option("-m", "--model", help="Model name or path to a .gguf file (default: config).")
 @endpoint_options
+@engine_options
 @click.pass_context
 def chat(ctx: click.Context, conversation_id: int | None, model: str | None,
-         endpoint: str | None, api_key: str | None) -> None:
-    """Chat in the terminal UI (optionally reopening CONVERSATION_ID)."""
+         endpoint: str | None, api_key: str | None, engine_flags: EngineFlags) -> None:
+    """Chat in the terminal UI (optionally reopening CONVERSATION_ID).
+
+    --draft, --kv-type and the like apply to conversations that do not set their own (F4)."""
     from localr1.tui.app import run_chat
 
-    remote = connect_endpoint(endpoint, model, api_key) if endpoint is not None else None
-    code = run_chat(model, conversation_id, remote=remote)
+    remote = connect_endpoint(endpoint, model, api_key, local_only=engine_flags.local_only()) \
+        if endpoint is not None else None
+    if engine_flags.draft is not None:  # a draft that is not there: one line, before the app
+        from localr1.models.decode_options import resolve_draft
+        from localr1.paths import app_paths
+
+        resolve_draft(engine_flags.draft, app_paths().models_dir)
+    code = run_chat(model, conversation_id, remote=remote,
+                    typed_settings=engine_flags.typed_settings())
     if code:  # the app crashed (Textual printed why) or exited with a code
         ctx.exit(code)
 
@@ -185,10 +196,12 @@ def _gpu_layers(_ctx, _param, value: str | None):
 @click.option("--no-log", is_flag=True, help="Do not save this turn in the history.")
 @json_schema_option
 @endpoint_options
+@engine_options
 def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_tokens, temperature,
         top_p, top_k, min_p, seed, ctx, gpu_layers, threads, reasoning_budget, chat_format,
         hide_reasoning: bool, json_output: bool, continue_latest: bool, cid: int | None,
-        no_log: bool, json_schema, endpoint: str | None, api_key: str | None) -> None:
+        no_log: bool, json_schema, endpoint: str | None, api_key: str | None,
+        engine_flags: EngineFlags) -> None:
     """Answer PROMPT (and/or text piped on stdin) with a local model (or a server's:
     --endpoint).
 
@@ -204,6 +217,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model, record_use
+    from localr1.models.decode_options import draft_name
     from localr1.paths import app_paths
     from localr1.store.params import turn_sampling
 
@@ -221,24 +235,26 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     if endpoint is not None:
         engine = connect_endpoint(endpoint, model, api_key, response_format, {
             "--ctx": ctx, "--gpu-layers": gpu_layers, "--threads": threads,
-            "--chat-format": chat_format})
-        model_label = engine.info.name
+            "--chat-format": chat_format, **engine_flags.local_only()})
+        model_label, draft_label = engine.info.name, None
     else:
         chosen = choose_model(model, settings, paths,
                               conversation_model=conversation.model if conversation else None)
         if chosen is None:
             raise click.UsageError(no_model_message(paths))
-        engine = Engine.load(EngineConfig.from_settings(
+        config = EngineConfig.from_settings(
             chosen.path, settings, context_size=ctx, gpu_layers=gpu_layers, threads=threads,
-            chat_format=chat_format))
+            chat_format=chat_format, **engine_flags.engine_overrides(settings, paths.models_dir))
+        engine = Engine.load(config)
         model_label = record_use(chosen, paths.models_dir, remember=store is not None).name
+        draft_label = draft_name(config.draft, paths.models_dir)
     sampling = turn_sampling(conversation.params if conversation is not None else {},
                              _typed(dict(max_tokens=max_tokens, temperature=temperature,
                                          top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                                          reasoning_budget=reasoning_budget)))
     params = GenerationParams.from_settings(settings, answer_grammar=answer_grammar, **sampling)
     printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output,
-                          remote=endpoint is not None)
+                          remote=endpoint is not None, draft=draft_label)
     if engine.info.format_note:
         printer.note(engine.info.format_note)
     with engine:

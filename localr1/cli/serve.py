@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from localr1.cli.engine_options import EngineFlags, engine_options
 from localr1.cli.params import setting_check
 from localr1.serve.responses import REASONING_FORMATS
 from localr1.terminal_text import safe_echo
@@ -32,8 +33,9 @@ from localr1.terminal_text import safe_echo
               type=click.Choice(REASONING_FORMATS),
               help="Where the reasoning goes: reasoning_content and reasoning (both), one of "
                    "them, or <think> tags inline in content.")
+@engine_options
 def serve(model, host, port, parallel, ctx, threads, gpu_layers, chat_format, api_key, log,
-          no_swap, reasoning_format) -> None:
+          no_swap, reasoning_format, engine_flags: EngineFlags) -> None:
     """Serve the OpenAI chat-completions API (GET /v1/models, POST /v1/chat/completions,
     GET /health) with the reasoning split out.
 
@@ -45,23 +47,24 @@ def serve(model, host, port, parallel, ctx, threads, gpu_layers, chat_format, ap
     from localr1.cli.main import gpu_layers_option_value, no_model_message
     from localr1.config import load_settings
     from localr1.models.choice import choose_model, record_use
-    from localr1.models.hardware import default_threads
     from localr1.paths import app_paths
     from localr1.serve.server import ServeOptions, Server, default_parallel, exposed_without_key
 
     paths = app_paths()
-    settings = load_settings(paths.config_file)
+    settings = engine_flags.settings_over(load_settings(paths.config_file))
     chosen = choose_model(model, settings, paths)
     if chosen is None:
         raise click.UsageError(no_model_message(paths))
+    draft = engine_flags.engine_overrides(settings, paths.models_dir)["draft"]
     if api_key is not None and not api_key.strip():
         raise click.BadParameter("the key is empty", param_hint="--api-key")
     options = ServeOptions(
         host=host, port=port, parallel=parallel or default_parallel(),
         n_ctx_per_sequence=ctx or settings.context_size,
-        threads=threads or settings.threads or default_threads(),
+        threads=threads or settings.threads,  # 0: measured free cores
         gpu_layers=gpu_layers_option_value(gpu_layers), chat_format=chat_format,
-        api_key=api_key, log=log, allow_swap=not no_swap, reasoning_format=reasoning_format)
+        api_key=api_key, log=log, allow_swap=not no_swap, reasoning_format=reasoning_format,
+        draft=draft)
     if exposed_without_key(options):
         safe_echo(f"warning: listening on {host} without --api-key: anyone who can reach this "
                   "machine can use the model", err=True)

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
-from localr1.chat_session import TurnSaved
+from localr1.chat_session import TurnSaved, acceptance_line, speculative_summary
 from localr1.durations import format_seconds
 from localr1.engine.events import (
     AnswerDelta,
@@ -68,10 +68,12 @@ class TurnPrinter:
 
     def __init__(self, *, show_reasoning: bool = True, json_output: bool = False,
                  stdout: TextIO | None = None, stderr: TextIO | None = None,
-                 remote: bool = False) -> None:
+                 remote: bool = False, draft: str | None = None) -> None:
+        """`draft`: the draft model's name or "lookup" when decoding speculatively."""
         self.show_reasoning = show_reasoning and not json_output
         self.remote = remote  # --endpoint: notes do not suggest --ctx
         self.json_output = json_output
+        self.draft = draft
         self.out = _Stream(stdout or sys.stdout)
         self.err = _Stream(stderr or sys.stderr)
         self.result = TurnResult()
@@ -118,6 +120,9 @@ class TurnPrinter:
             self.out.end_line()
         for text in turn_notes(stats, remote=self.remote):
             self.note(text)
+        if self.draft is not None and self.err.is_tty and not self.json_output:
+            self.err.stream.write(f"draft: {acceptance_line(stats)}\n")
+            self.err.stream.flush()
 
     def as_json(self, model: str, conversation_id: int | None = None,
                 params: GenerationParams | None = None) -> str:
@@ -147,6 +152,8 @@ class TurnPrinter:
             "reasoning_budget_hit": data["reasoning_budget_hit"],
             "dropped_messages": data["dropped_messages"],
             "notes": self.result.notes,
+            # null without a draft model or lookup; see chat_session.speculative_summary.
+            "speculative": speculative_summary(stats, self.draft),
             # The sampling this turn used: flags, else the conversation's, else config.toml.
             "params": params.recorded() if params is not None else None,
         }, ensure_ascii=False)

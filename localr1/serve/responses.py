@@ -41,20 +41,31 @@ def response_notes(stats: TurnStats) -> list[str]:
 
 
 def usage(stats: TurnStats) -> dict[str, Any]:
+    """OpenAI's usage object. Speculative decoding fills OpenAI's own fields for predicted
+    outputs: drafted tokens the model kept, and those it rejected (only when it drafted)."""
+    details: dict[str, Any] = {"reasoning_tokens": stats.reasoning_tokens}
+    if stats.draft_tokens:
+        details.update(accepted_prediction_tokens=stats.draft_accepted,
+                       rejected_prediction_tokens=stats.draft_tokens - stats.draft_accepted)
     return {"prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
             "total_tokens": stats.prompt_tokens + stats.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens},
-            "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens}}
+            "completion_tokens_details": details}
 
 
 def timings(stats: TurnStats) -> dict[str, Any]:
-    """Like llama-server's extra `timings` object (milliseconds, tokens per second), with
-    localr1's own fields: time to first token and the seconds spent thinking."""
-    return {"ttft_ms": round(stats.ttft_seconds * 1000, 1),
-            "predicted_per_second": round(stats.tokens_per_second, 2),
-            "thinking_seconds": round(stats.thinking_seconds, 3)
-            if stats.thinking_seconds is not None else None}
+    """Like llama-server's extra `timings` object (milliseconds, tokens per second, and its
+    draft_n/draft_n_accepted when it drafted), with localr1's own fields: time to first token
+    and the seconds spent thinking."""
+    data: dict[str, Any] = {
+        "ttft_ms": round(stats.ttft_seconds * 1000, 1),
+        "predicted_per_second": round(stats.tokens_per_second, 2),
+        "thinking_seconds": round(stats.thinking_seconds, 3)
+        if stats.thinking_seconds is not None else None}
+    if stats.draft_tokens:
+        data.update(draft_n=stats.draft_tokens, draft_n_accepted=stats.draft_accepted)
+    return data
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
@@ -14,6 +15,7 @@ from localr1.engine.events import GenerationParams
 from localr1.engine.llama_engine import Engine, EngineConfig
 from localr1.errors import LocalR1Error
 from localr1.models.choice import ChosenModel
+from localr1.models.decode_options import LOOKUP
 from localr1.paths import AppPaths
 from localr1.serve.app import ServeState, create_app
 from localr1.serve.chat_log import ChatLog
@@ -32,7 +34,7 @@ class ServeOptions:
     port: int = 8080
     parallel: int = 4
     n_ctx_per_sequence: int = 8192
-    threads: int = 2
+    threads: int = 0  # 0: the engine's (measured free cores)
     gpu_layers: int | str | None = None
     chat_format: str | None = None  # for the first model only: it names that file's format
     api_key: str | None = None
@@ -40,6 +42,9 @@ class ServeOptions:
     allow_swap: bool = True
     reasoning_format: ReasoningFormat = "both"
     max_body_bytes: int = 4 << 20
+    # EngineConfig.draft: a draft GGUF pairs with the first model only (another model may not
+    # share its vocabulary); "lookup" needs no second model and drafts for every model.
+    draft: Path | str | None = None
 
 
 def default_parallel() -> int:
@@ -61,11 +66,13 @@ class Server:
         self.options = options
 
         def load(chosen: ChosenModel) -> Engine:
-            chat_format = options.chat_format if same_file(chosen.path, first.path) else None
+            first_model = same_file(chosen.path, first.path)
+            chat_format = options.chat_format if first_model else None
+            draft = options.draft if first_model or options.draft == LOOKUP else None
             return Engine.load(EngineConfig.from_settings(
                 chosen.path, settings, context_size=_ENGINE_CONTEXT,
                 gpu_layers=options.gpu_layers, threads=options.threads,
-                chat_format=chat_format))
+                chat_format=chat_format, draft=draft))
 
         shape = DecoderShape(options.parallel, options.n_ctx_per_sequence, options.threads)
         self.scheduler = Scheduler(load, first, shape, allow_swap=options.allow_swap)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -20,6 +21,7 @@ from textual.screen import Screen
 
 from localr1.config import Settings, load_settings
 from localr1.errors import LocalR1Error
+from localr1.models.decode_options import NO_DRAFT
 from localr1.paths import AppPaths, app_paths
 from localr1.store import Conversation, Store
 from localr1.tui.conversation_settings import ConversationSettings
@@ -66,6 +68,7 @@ class LocalR1App(App[None]):
 
             model_label = name_model(self.model_path, self.paths.models_dir).name
         self.model_label = model_label or "unknown model"
+        self.draft_label: str | None = None  # the loaded draft's name; None: the engine's
         self.engine_config: EngineConfig | None = None  # None: injected, do not reload it
         self._last_good_config: EngineConfig | None = None
         self.failed_configs: set[EngineConfig] = set()
@@ -78,6 +81,7 @@ class LocalR1App(App[None]):
         # are reused, and must not pass these on.
         self._unsaved_settings: dict[tuple[int, str], ConversationSettings] = {}
         self.chat: ChatScreen | None = None
+        self._missing_drafts: set[str] = set()  # draft models already said missing
 
     @property
     def _prefs_path(self) -> Path:
@@ -90,8 +94,8 @@ class LocalR1App(App[None]):
         self.push_screen(self.chat)
         if self.engine is None and self.model_path is not None:
             conversation = self._initial_conversation()
-            self.load_model(self.settings_for(conversation).engine_config(self.model_path,
-                                                                          self.settings))
+            self.load_model(self.engine_config_for(self.settings_for(conversation),
+                                                   self.model_path))
         elif self.engine is None:
             self._welcome()
 
@@ -124,7 +128,21 @@ class LocalR1App(App[None]):
             return
         settings = self.chat.conv_settings if self.chat and self.chat.conv_settings else \
             ConversationSettings.defaults(self.settings)
-        self.load_model(settings.engine_config(path, self.settings))
+        self.load_model(self.engine_config_for(settings, path))
+
+    def engine_config_for(self, settings: ConversationSettings, path: Path) -> EngineConfig:
+        """How to load the model at `path` for a conversation's `settings`. A draft model that
+        cannot be found is said once, then left out: the model answers without it."""
+        try:
+            return settings.engine_config(path, self.settings, self.paths.models_dir)
+        except LocalR1Error as exc:
+            draft = settings.decode_options(self.settings)[2]
+            if draft not in self._missing_drafts:
+                self._missing_drafts.add(draft)
+                self.notify(str(exc), title="No draft model", severity="warning",
+                            markup=False, timeout=15)
+            return replace(settings, draft_model=NO_DRAFT).engine_config(
+                path, self.settings, self.paths.models_dir)
 
     def load_model(self, config: EngineConfig) -> None:
         self.model_state = "loading"
@@ -156,7 +174,10 @@ class LocalR1App(App[None]):
             # reopening the conversation finds it; that and "last used" are niceties.
             with contextlib.suppress(Exception):
                 chosen = record_use(chosen, models_dir, remember=True)
-            self.post_message(ModelLoaded(engine, config, chosen.name))
+            from localr1.models.decode_options import draft_name
+
+            self.post_message(ModelLoaded(engine, config, chosen.name,
+                                          draft_name(config.draft, models_dir)))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.failed_configs.discard(message.config)
@@ -165,6 +186,7 @@ class LocalR1App(App[None]):
         self.engine_config = self._last_good_config = message.config
         self.model_path = message.config.model_path
         self.model_label = message.label
+        self.draft_label = message.draft_label
         self.model_state = "ready"
         self.model_problem = None
         self._tell_chat()
@@ -337,15 +359,17 @@ class LocalR1App(App[None]):
 
 
 def run_chat(model: str | None = None, conversation_id: int | None = None, *,
-             remote: ChatEngine | None = None) -> int:
+             remote: ChatEngine | None = None,
+             typed_settings: dict[str, Any] | None = None) -> int:
     """`localr1 chat [--model NAME|PATH] [CONVERSATION_ID]`: resolve the model, open the
     history and run the TUI; returns the app's exit status (1 after a crash). Raises
     LocalR1Error (one line) for a bad model or id. `remote`: a model behind --endpoint
-    answers instead of a local one."""
+    answers instead of a local one. `typed_settings`: command-line values (--draft,
+    --kv-type...) over config.toml's, the defaults of conversations that set none."""
     from localr1.models.choice import choose_model
 
     paths = app_paths()
-    settings = load_settings(paths.config_file)
+    settings = replace(load_settings(paths.config_file), **(typed_settings or {}))
     store = Store.open(paths.db_path)
     try:
         conversation = store.conversation(conversation_id) if conversation_id is not None \

@@ -173,7 +173,8 @@ class ConversationActions:
         info = app.engine.info if app.engine is not None else None
         app.push_screen(SettingsScreen(self.screen.conv_settings, app.prefs.keep_reasoning_open,
                                        context_in_use=(info.n_ctx or None) if info else None,
-                                       context_trained=info.n_ctx_train if info else None),
+                                       context_trained=info.n_ctx_train if info else None,
+                                       config=app.settings),
                         self._apply_settings)
 
     def _apply_settings(self, result: SettingsResult | None) -> None:
@@ -191,7 +192,7 @@ class ConversationActions:
             saved = app.save_conversation_settings(screen.conversation, result.settings)
             screen.refresh_conversation()  # its system prompt, for the next save's compare
         if app.model_path is not None and app.engine_config is not None and screen.turn is None:
-            wanted = result.settings.engine_config(app.model_path, app.settings)
+            wanted = app.engine_config_for(result.settings, app.model_path)
             if wanted != app.engine_config:
                 app.load_model(wanted)
         if saved:  # a failed save has told the user already

@@ -22,6 +22,7 @@ class ModelLoaded(Message):
     engine: Engine
     config: EngineConfig
     label: str
+    draft_label: str | None = None  # the draft model's name, or "lookup"
 
 
 @dataclass

@@ -114,13 +114,13 @@ class TurnRunner:
             screen.notify("No model is loaded: ctrl+l picks one.", severity="warning")
             return False
         if app.model_path is not None and app.engine_config is not None:
-            wanted = settings.engine_config(app.model_path, app.settings)
+            wanted = app.engine_config_for(settings, app.model_path)
             # A config that failed to load is not tried again: the loaded model answers.
             if wanted != app.engine_config and wanted not in app.failed_configs:
                 self._waiting = then
                 app.load_model(wanted)
-                screen.notify("Reloading the model with this conversation's context size "
-                              "and GPU layers…")
+                screen.notify("Reloading the model with this conversation's context size, "
+                              "GPU layers, KV cache and draft…")
                 return False
         return True
 
@@ -149,7 +149,8 @@ class TurnRunner:
             self.screen.status.show(StatusFacts(
                 state, tokens_per_second=stats.tokens_per_second,
                 ttft_seconds=stats.ttft_seconds, context_used=self.context_used,
-                context_limit=self.context_limit(), generated=stats.completion_tokens))
+                context_limit=self.context_limit(), generated=stats.completion_tokens,
+                draft_acceptance=stats.acceptance_rate))
         else:
             self.screen.status.show(StatusFacts(state, context_used=self.context_used,
                                                 context_limit=self.context_limit()))

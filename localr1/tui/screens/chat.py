@@ -192,7 +192,8 @@ class ChatScreen(Screen[None]):
         if app.model_state == "loading":
             self.header.show_model(None, loading=app.loading_label)
         elif app.engine is not None:
-            self.header.show_model(app.engine.info, name=app.model_label)
+            self.header.show_model(app.engine.info, name=app.model_label,
+                                   draft=app.draft_label)
         else:
             self.header.show_model(None, problem=app.model_problem)
         self.turns.model_changed()

@@ -16,11 +16,14 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
-from localr1.config import parse_gpu_layers
+from localr1.config import KV_TYPES, Settings, parse_gpu_layers
 from localr1.engine.events import REASONING_EFFORT_BUDGETS
+from localr1.errors import LocalR1Error
+from localr1.models.decode_options import NO_DRAFT, is_no_draft, resolve_draft
 from localr1.tui.conversation_settings import ConversationSettings, reasoning_effort
 
 EFFORTS = (*REASONING_EFFORT_BUDGETS, "custom")
+_CHOICES = {"reasoning_effort": EFFORTS, "kv_type": KV_TYPES, "flash_attn": ("auto", "on", "off")}
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,14 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
 
     def __init__(self, settings: ConversationSettings, keep_reasoning_open: bool, *,
                  context_in_use: int | None = None, context_trained: int | None = None,
-                 ) -> None:
+                 config: Settings | None = None) -> None:
         """`context_in_use`: the loaded model's context (None: none loaded); it can be
-        below the setting (the model's maximum is `context_trained`)."""
+        below the setting (the model's maximum is `context_trained`). `config`: the app's
+        settings, whose KV cache and draft apply until the conversation chooses its own."""
         super().__init__()
         self.settings = settings
+        self.config = config or Settings()
+        self.decode_options = settings.decode_options(self.config)
         self.keep_reasoning_open = keep_reasoning_open
         self.context_in_use = context_in_use
         self.context_trained = context_trained
@@ -96,6 +102,7 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
 
     def compose(self) -> ComposeResult:
         s = self.settings
+        kv_type, flash_attn, draft = self.decode_options
         with VerticalScroll(can_focus=False):  # the first field takes the focus
             yield Static(Content("Conversation settings"), classes="title")
             for field, label, value in (
@@ -106,12 +113,15 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
                     ("reasoning_budget", "Reasoning budget (-1 = unlimited)",
                      s.reasoning_budget),
                     ("context_size", "Context size (reloads the model)", s.context_size),
-                    ("gpu_layers", "GPU layers: auto/all/N (reloads)", s.gpu_layers)):
+                    ("gpu_layers", "GPU layers: auto/all/N (reloads)", s.gpu_layers),
+                    ("kv_type", "KV cache type (reloads)", kv_type),
+                    ("flash_attn", "Flash attention (reloads)", flash_attn),
+                    ("draft_model", "Draft: model/path/lookup/none", draft)):
                 noted = field == "context_size" and self.context_note()
                 with Horizontal(classes="row -noted" if noted else "row"):
                     yield Label(label)
-                    if field == "reasoning_effort":
-                        yield Select([(name, name) for name in EFFORTS], value=value,
+                    if field in _CHOICES:
+                        yield Select([(name, name) for name in _CHOICES[field]], value=value,
                                      allow_blank=False, compact=True, id=field)
                     else:
                         yield Input(str(value), id=field, compact=True)
@@ -160,6 +170,10 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
         except ValueError:
             raise SettingsError("GPU layers: use auto, all, 0 (CPU) or a layer count") from None
         system = self.query_one("#system_prompt", TextArea).text.strip() or None
+        kv_type = str(self.query_one("#kv_type", Select).value)
+        flash_attn = str(self.query_one("#flash_attn", Select).value)
+        if kv_type != "f16" and flash_attn == "off":  # llama.cpp's rule for a quantized V
+            raise SettingsError(f"KV cache type {kv_type} needs flash attention auto or on")
         settings = replace(
             self.settings,
             temperature=_number(self._value("temperature"), "Temperature", float, 0.0, 5.0),
@@ -168,9 +182,27 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
             reasoning_budget=_number(self._value("reasoning_budget"), "Reasoning budget",
                                      int, -1),
             context_size=_number(self._value("context_size"), "Context size", int, 64),
-            gpu_layers=gpu_layers,
+            gpu_layers=gpu_layers, kv_type=self._chosen(0, self.settings.kv_type, kv_type),
+            flash_attn=self._chosen(1, self.settings.flash_attn, flash_attn),
+            draft_model=self._chosen(2, self.settings.draft_model, self._draft()),
             system_prompt=system)
         return SettingsResult(settings, self.query_one("#keep_open", Checkbox).value)
+
+    def _chosen(self, index: int, own: str | None, shown: str) -> str | None:
+        """The conversation's own choice: kept once made, made by showing another value than
+        the config's (None: it still follows the config)."""
+        return shown if own is not None or shown != self.decode_options[index] else None
+
+    def _draft(self) -> str:
+        """The typed draft: "none" for blank, else one that can be found (as --model)."""
+        text = self._value("draft_model").strip()
+        if is_no_draft(text):
+            return NO_DRAFT
+        try:
+            resolve_draft(text, self.app.paths.models_dir)  # type: ignore[attr-defined]
+        except LocalR1Error as exc:
+            raise SettingsError(str(exc)) from None
+        return text
 
     def action_save(self) -> None:
         try:

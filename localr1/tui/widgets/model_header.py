@@ -15,6 +15,7 @@ from rich.cells import get_character_cell_size
 from textual.content import Content
 from textual.widget import Widget
 
+from localr1.models.decode_options import kv_cache_facts
 from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import count, one_line
 
@@ -53,7 +54,8 @@ class ModelHeader(Widget):
         self._title: Content = Content("")
 
     def show_model(self, info: ModelInfo | None, *, name: str | None = None,
-                   loading: str | None = None, problem: str | None = None) -> None:
+                   loading: str | None = None, problem: str | None = None,
+                   draft: str | None = None) -> None:
         """The loaded model under `name` (the library's name the user gave it; the GGUF's
         own general.name only when there is none), or what is happening instead."""
         if loading:
@@ -62,6 +64,9 @@ class ModelHeader(Widget):
         elif info is not None:
             facts = [info.quantization or "?", info.placement, f"ctx {count(info.n_ctx)}"] \
                 if info.n_ctx else [info.placement]  # --endpoint: the server knows the rest
+            facts += kv_cache_facts(info.flash_attn, info.kv_type)  # when not the defaults
+            if info.draft:  # by the name the user gave it (`draft`), as the model's
+                facts.append(f"draft {visible_controls(one_line(draft or info.draft))}")
             parts: list[str | tuple[str, str]] = [
                 (visible_controls(one_line(name or info.name)), "bold"), "  ",
                 ("  ·  ".join(facts), "dim")]

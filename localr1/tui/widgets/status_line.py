@@ -1,4 +1,5 @@
-"""The line under the prompt: live tokens/s, time to first token, context used/limit."""
+"""The line under the prompt: live tokens/s, time to first token, context used/limit, and how
+many drafted tokens the last turn accepted (speculative decoding)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class StatusFacts:
     context_used: int | None = None
     context_limit: int | None = None
     generated: int | None = None
+    draft_acceptance: float | None = None  # the finished turn's, when it drafted
 
 
 class StatusLine(Widget):
@@ -51,6 +53,8 @@ class StatusLine(Widget):
                 parts.append(f"{facts.tokens_per_second:.1f} tok/s")
             if facts.ttft_seconds is not None:
                 parts.append(f"TTFT {format_seconds(facts.ttft_seconds)}")
+        if facts.draft_acceptance is not None:
+            parts.append(f"draft {facts.draft_acceptance:.0%} accepted")
         if facts.context_limit:
             used = count(facts.context_used) if facts.context_used is not None else "–"
             parts.append(f"context {used}/{count(facts.context_limit)}")
