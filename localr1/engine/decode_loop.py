@@ -359,7 +359,7 @@ class DecodeLoop:
             return "stop", True
         account.completion_tokens += 1
         account.last_token_at = now
-        text = slot.decoder.decode(self.engine.detokenize([token]))
+        text = slot.decoder.decode(self.engine.piece(token))
         self._emit(slot, account.feed(text, now), sink)
         if not agrees:
             slot.pending.append(token)  # not in the KV cache yet: fed next step
