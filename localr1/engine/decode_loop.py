@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from localr1.engine import fast_sampler
 from localr1.engine.events import Event, FinishReason, GenerationParams, TurnDone
 from localr1.engine.prompting import PreparedPrompt
 from localr1.engine.reasoning import ThinkSplitter
@@ -83,7 +84,8 @@ class _Slot:
 
     seq_id: int
     request: SequenceRequest
-    sampler: Any
+    sampler: Any  # llama.cpp's chain: penalties, grammars
+    fast: fast_sampler.FastSampler | None  # the same rules without the chain, when they apply
     pending: list[int]  # tokens still to feed (prompt chunks, the sampled token, injected ones)
     account: TurnAccount  # splitter, counts, times: the bookkeeping of the turn
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -154,8 +156,10 @@ class DecodeLoop:
             prompt_tokens=len(prompt), cached_prompt_tokens=reuse,
             splitter=ThinkSplitter(start_in_reasoning=request.prompt.start_in_reasoning),
             max_new=max_new, started=time.perf_counter())
+        fast = fast_sampler.FastSampler(params, seed, self.engine.n_vocab) \
+            if fast_sampler.applies(params) else None
         slot = _Slot(seq_id=seq_id, request=request, sampler=self._sampler(params, seed),
-                     pending=list(prompt[reuse:]), account=account, n_past=reuse,
+                     fast=fast, pending=list(prompt[reuse:]), account=account, n_past=reuse,
                      draft_len=max(self._draft_min, min(self._draft_max, 8)))
         if params.answer_grammar is not None:
             # An R1 model thinks first (its prompt opened the block, or it opens it itself):
@@ -316,7 +320,10 @@ class DecodeLoop:
         accepted = 0
         reason: FinishReason | None = None
         for i, index in enumerate(slot.logits):
-            token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
+            if slot.fast is not None:
+                token = slot.fast.sample(llama_cpp.llama_get_logits_ith(self._ctx, index))
+            else:
+                token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
             agrees = i < len(draft) and draft[i] == token
             reason, stop_verifying = self._take(slot, token, sink, agrees)
             accepted += agrees  # an agreeing token sits in the KV cache already
@@ -416,6 +423,7 @@ class DecodeLoop:
         dist sampler's random stream), so a seeded turn stays reproducible."""
         llama_cpp = self._llama_cpp
         slot.grammar_pending = False
+        slot.fast = None  # the grammar lives in llama.cpp's chain
         grammar = new_grammar_sampler(self.engine, slot.request.params.answer_grammar or "")
         chain = slot.sampler
         rest = [llama_cpp.llama_sampler_chain_remove(chain, 1)

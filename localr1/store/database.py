@@ -19,7 +19,10 @@ import json
 from types import EllipsisType
 from typing import Any
 
+# isort: off
+from localr1.store import pandas_free  # noqa: F401  (before sqlite_utils)
 from sqlite_utils import Database
+# isort: on
 
 from localr1.store.errors import StoreError
 from localr1.store.params import merged_params, split_params

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 
+# isort: off
+from localr1.store import pandas_free  # noqa: F401  (before sqlite_utils)
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+# isort: on
 
 from localr1.store.params import SAMPLING, sampling_value
 

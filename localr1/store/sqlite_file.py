@@ -17,7 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+# isort: off
+from localr1.store import pandas_free  # noqa: F401  (before sqlite_utils)
 from sqlite_utils import Database
+# isort: on
 
 from localr1.store.connection import (
     SqliteFailure,
