@@ -165,7 +165,7 @@ def test_the_engine_refuses_an_incompatible_draft(r1_prefill_model: Path, varian
     draft = variant_model("draft_other_eos")
     with pytest.raises(DraftModelError) as caught:
         Engine.load(EngineConfig(r1_prefill_model, context_size=256, draft=draft))
-    assert "cannot draft for" in str(caught.value)
+    assert str(caught.value).startswith(f"{draft.stem} cannot draft for {r1_prefill_model.stem}: ")
     assert str(caught.value).endswith(f"end token differs ({OTHER_EOS_ID} vs {EOS_ID})")
 
 

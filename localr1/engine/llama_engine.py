@@ -341,8 +341,8 @@ def _load_draft(path: Path, gpu_layers: int, llm: llama_cpp.Llama, header: GGUFH
 
     draft = DraftModel(path, gpu_layers)
     try:
-        check_draft_compatible(llm.model, draft.model, header.name or config.model_path.stem,
-                               draft.name)
+        # Named by their files, as the user gave them (GGUF-internal names are often opaque).
+        check_draft_compatible(llm.model, draft.model, config.model_path.stem, path.stem)
     except BaseException:
         draft.close()
         raise
