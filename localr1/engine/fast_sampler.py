@@ -22,9 +22,10 @@ import numpy as np
 
 from localr1.engine.events import GenerationParams
 
-# Tokens this far below the best logit weigh < e^-16 of it each: the first look at the head
-# takes those above; only when they hold less than top-p's mass is the window widened.
-HEAD_WINDOW = 16.0
+# Tokens this far below the best logit weigh < e^-8 of it each: the first look at the head takes
+# those above; only when they hold less than top-p's mass is the window widened. (8 halved the
+# time per draw against 16 on SmolLM2's own rows: 116 vs 238 us.)
+HEAD_WINDOW = 8.0
 SORTED_FIRST = 256  # as llama.cpp's top-p: a partial sort of this many before a larger one
 
 
