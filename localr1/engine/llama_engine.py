@@ -26,6 +26,7 @@ from localr1.chat_message import ChatMessage
 from localr1.config import Settings
 from localr1.engine.chat_format import ChatFormat, resolve_chat_format
 from localr1.engine.decode_loop import THINK_CLOSE, DecodeLoop, SequenceRequest
+from localr1.engine.drafters import DraftModel, LookupDrafter, ModelDrafter
 from localr1.engine.events import (
     ContextTrimmed,
     Event,
@@ -45,8 +46,6 @@ from localr1.models.gguf_header import GGUFHeader, read_gguf_header
 
 if TYPE_CHECKING:
     import llama_cpp
-
-    from localr1.engine.drafters import DraftModel
 
 __all__ = ["THINK_CLOSE", "Engine", "EngineConfig", "GenerationParams", "ModelInfo"]
 
@@ -141,6 +140,7 @@ class Engine:
             is_r1=chat_format.is_r1, format_note=chat_format.note,
             flash_attn=config.flash_attn, kv_type=config.kv_type, draft=draft_name,
         )
+        _warm_up(llm)
         try:
             return cls(llm, header, info, chat_format, config, thread_choice, draft)
         except BaseException:
@@ -156,8 +156,6 @@ class Engine:
     def loop_options(self, n_seq: int, n_ctx_per_sequence: int, threads: int) -> dict:
         """A DecodeLoop's drafter, draft sizes and thread governor for a context of `n_seq`
         sequences decoding on `threads` (the caller's loop owns and closes the drafter)."""
-        from localr1.engine.drafters import LookupDrafter, ModelDrafter
-
         drafter = None
         if self.config.draft == "lookup":
             drafter = LookupDrafter()
@@ -322,6 +320,28 @@ class Engine:
                 loop.discard(slot)
 
 
+def _warm_up(llm: llama_cpp.Llama) -> None:
+    """One decode of [BOS, EOS], then an empty cache, as llama.cpp's tools do at load: the first
+    run's one-off costs (buffers, threads, the weights' first reads) belong to loading, not to
+    the first answer's time to first token."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    tokens = [t for t in (llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab))
+              if t >= 0] or [0]
+    ctx = llm._ctx.ctx
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    try:
+        for i, token in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+            batch.seq_id[i][0], batch.logits[i] = 0, int(i == len(tokens) - 1)
+        batch.n_tokens = len(tokens)
+        llama_cpp.llama_decode(ctx, batch)  # a failure shows at the first real decode
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+
+
 def _flash_attn_for(config: EngineConfig, gpu_layers: int) -> str:
     """Flash attention as llama.cpp gets it. With a draft on the CPU, "auto" means off: the
     CPU's flash-attention kernel rounds a batch of drafted tokens differently from one token at
@@ -337,7 +357,6 @@ def _load_draft(path: Path, gpu_layers: int, llm: llama_cpp.Llama, header: GGUFH
                 config: EngineConfig) -> DraftModel:
     """The draft GGUF, checked against the model like llama.cpp checks it."""
     from localr1.engine.draft_compat import check_draft_compatible
-    from localr1.engine.drafters import DraftModel
 
     draft = DraftModel(path, gpu_layers)
     try:
