@@ -279,15 +279,10 @@ class DecodeLoop:
         self._batch.n_tokens = self._n
 
     def _add(self, slot: _Slot, token: int, logits: bool) -> None:
-        batch, n = self._batch, self._n
-        batch.token[n] = token
-        batch.pos[n] = slot.n_past
-        batch.n_seq_id[n] = 1
-        batch.seq_id[n][0] = slot.seq_id
-        batch.logits[n] = int(logits)
+        put_token(self._batch, self._n, token, slot.n_past, slot.seq_id, logits)
         self.cached[slot.seq_id].append(token)
         slot.n_past += 1
-        self._n = n + 1
+        self._n += 1
 
     def _propose(self, slot: _Slot, room_in_batch: int) -> list[int]:
         account = slot.account
@@ -441,6 +436,16 @@ class DecodeLoop:
     def _emit(slot: _Slot, events: Iterable[Event], sink: EventSink) -> None:
         for event in events:
             sink(slot.request.key, event)
+
+
+def put_token(batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    """Row `i` of a llama_batch: `token` at `pos` of sequence `seq_id`, its logits wanted or
+    not."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = int(logits)
 
 
 def new_grammar_sampler(engine: Engine, grammar: str):

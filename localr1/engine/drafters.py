@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from localr1.engine.decode_loop import put_token
 from localr1.engine.lookup_drafter import NgramLookup
 from localr1.errors import GenerationError, ModelLoadError
 from localr1.models.gguf_header import read_gguf_header
@@ -41,20 +42,13 @@ class ModelDrafter:
     cutoff, its default): the draft's KV cache follows each sequence's context."""
 
     def __init__(self, draft: DraftModel, n_seq: int, n_ctx_per_sequence: int, threads: int,
-                 apply_kv_options) -> None:
+                 new_context) -> None:
+        """`new_context(model, n_seq, n_ctx_per_sequence, n_batch, threads)`: the target's
+        (Engine.new_context), so the draft's KV cache takes the same options."""
         import llama_cpp
 
         self._llama_cpp = llama_cpp
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_per_sequence * n_seq
-        params.n_batch = DRAFT_BATCH
-        params.n_ubatch = DRAFT_BATCH
-        params.n_seq_max = n_seq
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.kv_unified = False
-        apply_kv_options(params)
-        self._ctx = llama_cpp.llama_init_from_model(draft.model, params)
+        self._ctx = new_context(draft.model, n_seq, n_ctx_per_sequence, DRAFT_BATCH, threads)
         if not self._ctx:
             raise GenerationError(f"llama.cpp could not create a context for the draft model "
                                   f"{draft.name}")
@@ -95,12 +89,7 @@ class ModelDrafter:
     def _decode(self, seq_id: int, tokens: list[int], pos: int, last_logits: bool) -> None:
         batch = self._batch
         for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq_id
-            batch.logits[i] = 0
-        batch.logits[len(tokens) - 1] = int(last_logits)
+            put_token(batch, i, token, pos + i, seq_id, last_logits and i == len(tokens) - 1)
         batch.n_tokens = len(tokens)
         result = self._llama_cpp.llama_decode(self._ctx, batch)
         if result != 0:

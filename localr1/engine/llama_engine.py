@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from localr1.chat_message import ChatMessage
 from localr1.config import Settings
 from localr1.engine.chat_format import ChatFormat, resolve_chat_format
-from localr1.engine.decode_loop import THINK_CLOSE, DecodeLoop, SequenceRequest
+from localr1.engine.decode_loop import THINK_CLOSE, DecodeLoop, SequenceRequest, put_token
 from localr1.engine.drafters import DraftModel, LookupDrafter, ModelDrafter
 from localr1.engine.events import (
     ContextTrimmed,
@@ -33,7 +33,12 @@ from localr1.engine.events import (
     GenerationParams,
     ModelInfo,
 )
-from localr1.engine.loading import apply_kv_options, check_memory, context_size, load_llama
+from localr1.engine.loading import (
+    check_memory,
+    context_size,
+    load_llama,
+    new_sequences_context,
+)
 from localr1.engine.prompting import (
     ModelMessage,
     PreparedPrompt,
@@ -149,9 +154,12 @@ class Engine:
             llm.close()
             raise
 
-    def apply_kv_options(self, context_params) -> None:
-        """This engine's flash attention and KV type on another context's params."""
-        apply_kv_options(context_params, self.config.flash_attn, self.config.kv_type)
+    def new_context(self, model, n_seq: int, n_ctx_per_sequence: int, n_batch: int,
+                    threads: int):
+        """A context for `n_seq` sequences on `model` (this one's or its draft's) with this
+        engine's flash attention and KV type; None when llama.cpp cannot make it."""
+        return new_sequences_context(model, n_seq, n_ctx_per_sequence, n_batch, threads,
+                                     self.config.flash_attn, self.config.kv_type)
 
     def loop_options(self, n_seq: int, n_ctx_per_sequence: int, threads: int) -> dict:
         """A DecodeLoop's drafter, draft sizes and thread governor for a context of `n_seq`
@@ -161,7 +169,7 @@ class Engine:
             drafter = LookupDrafter()
         elif self._draft is not None:
             drafter = ModelDrafter(self._draft, n_seq, n_ctx_per_sequence, threads,
-                                   self.apply_kv_options)
+                                   self.new_context)
         return dict(drafter=drafter, draft_max=self.config.draft_max,
                     draft_min=self.config.draft_min,
                     threads=ThreadGovernor(threads, self.thread_choice.fixed))
@@ -333,8 +341,7 @@ def _warm_up(llm: llama_cpp.Llama) -> None:
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
     try:
         for i, token in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
-            batch.seq_id[i][0], batch.logits[i] = 0, int(i == len(tokens) - 1)
+            put_token(batch, i, token, i, 0, i == len(tokens) - 1)
         batch.n_tokens = len(tokens)
         llama_cpp.llama_decode(ctx, batch)  # a failure shows at the first real decode
     finally:

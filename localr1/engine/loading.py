@@ -88,6 +88,24 @@ def apply_kv_options(context_params: llama_cpp.llama_context_params, flash_attn:
     context_params.type_v = ggml_type
 
 
+def new_sequences_context(model: llama_cpp.llama_model_p, n_seq: int, n_ctx_per_sequence: int,
+                          n_batch: int, threads: int, flash_attn: str, kv_type: str):
+    """A llama_context for `n_seq` sequences of `n_ctx_per_sequence` cells each (not unified),
+    or None when llama.cpp cannot make it. The caller frees it (llama_free)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx_per_sequence * n_seq
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = n_seq
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.kv_unified = False  # each sequence gets its own n_ctx_per_sequence cells
+    apply_kv_options(params, flash_attn, kv_type)
+    return llama_cpp.llama_init_from_model(model, params) or None
+
+
 @functools.cache
 def _llama_class() -> type[llama_cpp.Llama]:
     """llama_cpp.Llama with our KV options: its own flash_attn is a bool (no "auto"), so they

@@ -86,16 +86,8 @@ class ParallelDecoder:
         self.n_batch = max(n_batch, n_parallel)
         _check_kv_memory(engine, n_parallel, n_ctx_per_sequence)
         threads = threads or engine.info.threads
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_per_sequence * n_parallel
-        params.n_batch = self.n_batch
-        params.n_ubatch = self.n_batch
-        params.n_seq_max = n_parallel
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.kv_unified = False  # each sequence gets its own n_ctx_per_sequence cells
-        engine.apply_kv_options(params)
-        self._ctx = llama_cpp.llama_init_from_model(engine.model_handle, params)
+        self._ctx = engine.new_context(engine.model_handle, n_parallel, n_ctx_per_sequence,
+                                       self.n_batch, threads)
         if not self._ctx:
             raise GenerationError(f"llama.cpp could not create a context for {n_parallel} "
                                   f"sequences of {n_ctx_per_sequence} tokens")
