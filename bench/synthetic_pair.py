@@ -41,6 +41,7 @@ from tests.fixtures.scripted_models import (  # noqa: E402
     LOOP_TOKENS,
     NEWLINE_ID,
     PREFILL_TEMPLATE,
+    add_r1_tokenizer,
     decode_pieces,
     load_tokenizer,
 )
@@ -167,17 +168,12 @@ def write_model(path: Path, *, n_layers: int, n_ff: int, mistakes: bool) -> None
         writer.add_head_count_kv(1)
         writer.add_layer_norm_rms_eps(1e-6)
         writer.add_rope_freq_base(10000.0)
-        writer.add_tokenizer_model(tok["tokenizer.ggml.model"])
-        writer.add_tokenizer_pre(tok["tokenizer.ggml.pre"])
-        writer.add_token_list(tok["tokenizer.ggml.tokens"])
-        writer.add_token_types(tok["tokenizer.ggml.token_type"])
-        writer.add_token_merges(tok["tokenizer.ggml.merges"])
-        writer.add_bos_token_id(tok["tokenizer.ggml.bos_token_id"])
-        writer.add_eos_token_id(tok["tokenizer.ggml.eos_token_id"])
-        writer.add_pad_token_id(tok["tokenizer.ggml.padding_token_id"])
-        writer.add_add_bos_token(bool(tok["tokenizer.ggml.add_bos_token"]))
-        writer.add_add_eos_token(bool(tok["tokenizer.ggml.add_eos_token"]))
-        writer.add_chat_template(PREFILL_TEMPLATE)
+        add_r1_tokenizer(writer, tokens=tok["tokenizer.ggml.tokens"],
+                         types=tok["tokenizer.ggml.token_type"],
+                         bos_id=tok["tokenizer.ggml.bos_token_id"],
+                         eos_id=tok["tokenizer.ggml.eos_token_id"],
+                         add_bos=bool(tok["tokenizer.ggml.add_bos_token"]),
+                         template=PREFILL_TEMPLATE)
         for name, array in tensors.items():
             writer.add_tensor(name, array)
         writer.write_header_to_file()

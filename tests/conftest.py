@@ -129,3 +129,19 @@ def _isolated_localr1_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture()
+def engine_loads(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The EngineConfig of every Engine.load, which still loads the real model."""
+    from localr1.engine.llama_engine import Engine
+
+    seen: list = []
+    real = Engine.load.__func__
+
+    def spy(cls, config):
+        seen.append(config)
+        return real(cls, config)
+
+    monkeypatch.setattr(Engine, "load", classmethod(spy))
+    return seen

@@ -14,32 +14,16 @@ from click.testing import CliRunner
 
 from localr1.chat_session import acceptance_line, speculative_summary
 from localr1.cli.main import cli
-from localr1.engine.events import TurnStats
 from localr1.errors import ModelFileError
 from localr1.models.decode_options import kv_cache_facts, resolve_draft
 from localr1.paths import app_paths
+from tests.draft_stats import draft_turn_stats
 from tests.fixtures import scripted_models as sm
 from tests.test_run_cli import assert_one_line_error, localr1, run_in_terminal
 
 
 def invoke(*args: object, input: str | None = None):
     return CliRunner().invoke(cli, [str(a) for a in args], input=input)
-
-
-@pytest.fixture()
-def loads(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The EngineConfig of every Engine.load, which still loads the real model."""
-    from localr1.engine.llama_engine import Engine
-
-    seen: list = []
-    real = Engine.load.__func__
-
-    def spy(cls, config):
-        seen.append(config)
-        return real(cls, config)
-
-    monkeypatch.setattr(Engine, "load", classmethod(spy))
-    return seen
 
 
 @pytest.fixture()
@@ -85,29 +69,29 @@ def test_kv_facts_only_when_not_the_defaults():
 # ---- run ------------------------------------------------------------------------------------
 
 
-def test_run_options_reach_the_engine_config(loads, r1_prefill_model):
+def test_run_options_reach_the_engine_config(engine_loads, r1_prefill_model):
     result = invoke("run", "-m", r1_prefill_model, "--no-log", "--draft", r1_prefill_model,
                     "--draft-max", 8, "--draft-min", 2, "--kv-type", "q8_0",
                     "--flash-attn", "on", "hi")
     assert result.exit_code == 0, result.output
-    (config,) = loads
+    (config,) = engine_loads
     assert (config.draft, config.draft_max, config.draft_min) == (r1_prefill_model, 8, 2)
     assert (config.kv_type, config.flash_attn) == ("q8_0", "on")
 
 
-def test_run_takes_config_toml_and_the_command_line_wins(loads, r1_prefill_model):
+def test_run_takes_config_toml_and_the_command_line_wins(engine_loads, r1_prefill_model):
     write_config('draft_model = "lookup"\ndraft_max = 4\nkv_type = "q4_0"\n')
     assert invoke("run", "-m", r1_prefill_model, "--no-log", "hi").exit_code == 0
     assert invoke("run", "-m", r1_prefill_model, "--no-log", "--draft", "none",
                   "--kv-type", "f16", "--draft-max", 6, "hi").exit_code == 0
-    configured, typed = loads
+    configured, typed = engine_loads
     assert (configured.draft, configured.draft_max, configured.kv_type) == ("lookup", 4, "q4_0")
     assert (typed.draft, typed.draft_max, typed.kv_type) == (None, 6, "f16")
 
 
-def test_without_draft_options_the_defaults_load(loads, r1_prefill_model):
+def test_without_draft_options_the_defaults_load(engine_loads, r1_prefill_model):
     assert invoke("run", "-m", r1_prefill_model, "--no-log", "hi").exit_code == 0
-    (config,) = loads
+    (config,) = engine_loads
     assert (config.draft, config.draft_max, config.draft_min) == (None, 16, 0)
     assert (config.kv_type, config.flash_attn) == ("f16", "auto")
 
@@ -154,21 +138,13 @@ def test_draft_with_endpoint_is_a_usage_error(command):
 # ---- run's output ---------------------------------------------------------------------------
 
 
-def _stats(drafted: int, accepted: int) -> TurnStats:
-    return TurnStats(finish_reason="stop", prompt_tokens=5, cached_prompt_tokens=0,
-                     completion_tokens=40, reasoning_tokens=10, reasoning_truncated=False,
-                     reasoning_budget_hit=False, dropped_messages=0, ttft_seconds=0.1,
-                     tokens_per_second=50.0, thinking_seconds=None, total_seconds=1.0,
-                     draft_tokens=drafted, draft_accepted=accepted)
-
-
 def test_speculative_summary_and_line():
-    assert speculative_summary(_stats(0, 0), None) is None
-    assert speculative_summary(_stats(400, 312), "r1:1.5b") == {
+    assert speculative_summary(draft_turn_stats(0, 0), None) is None
+    assert speculative_summary(draft_turn_stats(400, 312), "r1:1.5b") == {
         "draft": "r1:1.5b", "drafted": 400, "accepted": 312, "acceptance_rate": 0.78}
-    assert speculative_summary(_stats(0, 0), "lookup")["acceptance_rate"] is None
-    assert acceptance_line(_stats(400, 312)) == "312/400 tokens accepted (78%)"
-    assert acceptance_line(_stats(0, 0)) == "nothing drafted"
+    assert speculative_summary(draft_turn_stats(0, 0), "lookup")["acceptance_rate"] is None
+    assert acceptance_line(draft_turn_stats(400, 312)) == "312/400 tokens accepted (78%)"
+    assert acceptance_line(draft_turn_stats(0, 0)) == "nothing drafted"
 
 
 class _Terminal:
@@ -196,7 +172,7 @@ def test_run_prints_acceptance_on_a_terminal_only_with_a_draft():
         printer = TurnPrinter(stdout=_Terminal(), stderr=err, draft=draft,
                               json_output=json_output)
         printer.handle(AnswerDelta("ok"))
-        printer.handle(TurnDone(_stats(400, 312)))
+        printer.handle(TurnDone(draft_turn_stats(400, 312)))
         return err.text, printer
 
     with_draft, printer = stderr_of("r1:1.5b")
@@ -263,11 +239,11 @@ def test_batch_records_say_what_the_draft_accepted(r1_prefill_model):
 # ---- batch, serve, doctor, chat -------------------------------------------------------------
 
 
-def test_batch_options_reach_the_engine_config(loads, r1_prefill_model):
+def test_batch_options_reach_the_engine_config(engine_loads, r1_prefill_model):
     result = invoke("batch", "-m", r1_prefill_model, "--draft", "lookup", "--draft-max", 5,
                     "--kv-type", "q8_0", "--format", "text", input="hi\n")
     assert result.exit_code == 0, result.output
-    config = loads[0]
+    config = engine_loads[0]
     assert (config.draft, config.draft_max, config.kv_type) == ("lookup", 5, "q8_0")
     record = json.loads(result.stdout.splitlines()[0])
     assert "speculative" in record
@@ -283,12 +259,12 @@ def test_serve_missing_draft_is_one_line_before_listening(r1_prefill_model):
                                   "--draft", "r1:1.5b"), "draft model 'r1:1.5b")
 
 
-def test_doctor_model_test_uses_the_options(loads, r1_prefill_model):
+def test_doctor_model_test_uses_the_options(engine_loads, r1_prefill_model):
     result = invoke("doctor", "--json", "--model", r1_prefill_model, "--kv-type", "q8_0",
                     "--draft", "lookup")
     model_test = json.loads(result.stdout)[-1]
     assert model_test["name"] == "model test" and model_test["status"] == "ok", model_test
-    assert (loads[-1].kv_type, loads[-1].draft) == ("q8_0", "lookup")
+    assert (engine_loads[-1].kv_type, engine_loads[-1].draft) == ("q8_0", "lookup")
 
 
 def test_doctor_reports_a_missing_draft_and_needs_model(r1_prefill_model):

@@ -5,50 +5,25 @@ engine: a draft model for the first model only, `lookup` for every model."""
 from __future__ import annotations
 
 import httpx2 as httpx
-import pytest
 
-from localr1.engine.events import TurnStats
 from localr1.serve.responses import timings, usage
+from tests.draft_stats import draft_turn_stats
 from tests.serve.conftest import install
 
 HI = [{"role": "user", "content": "hi"}]
 
 
-def _stats(drafted: int, accepted: int) -> TurnStats:
-    return TurnStats(finish_reason="stop", prompt_tokens=5, cached_prompt_tokens=0,
-                     completion_tokens=40, reasoning_tokens=10, reasoning_truncated=False,
-                     reasoning_budget_hit=False, dropped_messages=0, ttft_seconds=0.1,
-                     tokens_per_second=50.0, thinking_seconds=None, total_seconds=1.0,
-                     draft_tokens=drafted, draft_accepted=accepted)
-
-
 def test_usage_has_accepted_and_rejected_predictions_when_drafted():
-    details = usage(_stats(400, 312))["completion_tokens_details"]
+    details = usage(draft_turn_stats(400, 312))["completion_tokens_details"]
     assert details == {"reasoning_tokens": 10, "accepted_prediction_tokens": 312,
                        "rejected_prediction_tokens": 88}
-    assert timings(_stats(400, 312))["draft_n"] == 400
-    assert timings(_stats(400, 312))["draft_n_accepted"] == 312
+    assert timings(draft_turn_stats(400, 312))["draft_n"] == 400
+    assert timings(draft_turn_stats(400, 312))["draft_n_accepted"] == 312
 
 
 def test_usage_without_drafting_is_as_before():
-    assert usage(_stats(0, 0))["completion_tokens_details"] == {"reasoning_tokens": 10}
-    assert "draft_n" not in timings(_stats(0, 0))
-
-
-@pytest.fixture()
-def recorded_configs(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The EngineConfig of every Engine.load (the real model still loads)."""
-    from localr1.engine.llama_engine import Engine
-
-    seen: list = []
-    real = Engine.load.__func__
-
-    def spy(cls, config):
-        seen.append(config)
-        return real(cls, config)
-
-    monkeypatch.setattr(Engine, "load", classmethod(spy))
-    return seen
+    assert usage(draft_turn_stats(0, 0))["completion_tokens_details"] == {"reasoning_tokens": 10}
+    assert "draft_n" not in timings(draft_turn_stats(0, 0))
 
 
 def _ask(running, model: str | None = None, **fields) -> dict:
@@ -58,26 +33,26 @@ def _ask(running, model: str | None = None, **fields) -> dict:
     return response.json()
 
 
-def test_a_draft_model_pairs_with_the_first_model_only(serve, models_dir, recorded_configs,
+def test_a_draft_model_pairs_with_the_first_model_only(serve, models_dir, engine_loads,
                                                        r1_prefill_model, r1_original_model):
     first = install(r1_prefill_model, models_dir, "first")
     install(r1_original_model, models_dir, "other")
     running = serve(first, name="first", draft=r1_prefill_model)
     body = _ask(running, temperature=0)
-    assert recorded_configs[-1].draft == r1_prefill_model
+    assert engine_loads[-1].draft == r1_prefill_model
     details = body["usage"]["completion_tokens_details"]
     assert details["accepted_prediction_tokens"] > 0  # the model drafts for itself: all kept
     assert details["rejected_prediction_tokens"] == 0
     assert body["timings"]["draft_n"] == body["timings"]["draft_n_accepted"] > 0
     _ask(running, "other")  # a swap: the draft may not share this model's vocabulary
-    assert recorded_configs[-1].model_path.name == "other.gguf"
-    assert recorded_configs[-1].draft is None
+    assert engine_loads[-1].model_path.name == "other.gguf"
+    assert engine_loads[-1].draft is None
 
 
-def test_lookup_drafts_for_every_model(serve, models_dir, recorded_configs, r1_prefill_model,
+def test_lookup_drafts_for_every_model(serve, models_dir, engine_loads, r1_prefill_model,
                                        r1_original_model):
     first = install(r1_prefill_model, models_dir, "first")
     install(r1_original_model, models_dir, "other")
     running = serve(first, name="first", draft="lookup")
     _ask(running, "other")
-    assert [c.draft for c in recorded_configs] == ["lookup", "lookup"]
+    assert [c.draft for c in engine_loads] == ["lookup", "lookup"]

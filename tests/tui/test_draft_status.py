@@ -11,9 +11,9 @@ from pathlib import Path
 from textual.widgets import Input, Select, Static
 
 from localr1.config import Settings
-from localr1.engine.events import TurnStats
 from localr1.store import Store
 from localr1.tui.screens.settings import SettingsScreen
+from tests.draft_stats import draft_turn_stats
 from tests.tui.conftest import SIZE, send, wait_for, wait_ready
 
 
@@ -103,22 +103,14 @@ async def test_a_configured_draft_that_is_missing_is_said_and_left_out(make_app,
         assert sum(n.title == "No draft model" for n in app._notifications) == 1
 
 
-def _stats(drafted: int, accepted: int) -> TurnStats:
-    return TurnStats(finish_reason="stop", prompt_tokens=5, cached_prompt_tokens=0,
-                     completion_tokens=40, reasoning_tokens=10, reasoning_truncated=False,
-                     reasoning_budget_hit=False, dropped_messages=0, ttft_seconds=0.1,
-                     tokens_per_second=50.0, thinking_seconds=None, total_seconds=1.0,
-                     draft_tokens=drafted, draft_accepted=accepted)
-
-
 async def test_status_line_shows_acceptance_only_when_drafting(make_app, prefill_engine):
     app = make_app(engine=prefill_engine)
     async with app.run_test(size=SIZE) as pilot:
         await wait_ready(pilot)
         status = app.chat.status
-        app.chat.turns.show_idle_status(_stats(400, 312))
+        app.chat.turns.show_idle_status(draft_turn_stats(400, 312))
         assert "draft 78% accepted" in status.render().plain
-        app.chat.turns.show_idle_status(_stats(0, 0))
+        app.chat.turns.show_idle_status(draft_turn_stats(0, 0))
         assert "draft" not in status.render().plain
 
 
