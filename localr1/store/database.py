@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from types import EllipsisType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # isort: off
 from localr1.store import pandas_free  # noqa: F401  (before sqlite_utils)
@@ -38,6 +38,9 @@ from localr1.store.records import (
 )
 from localr1.store.sqlite_file import SqliteFile
 from localr1.store.writer import AssistantMessageWriter
+
+if TYPE_CHECKING:
+    from localr1.store.eval_runs import EvalRunRecord
 
 _STAT_FIELDS = ("thinking_seconds", "finish_reason", "prompt_tokens", "completion_tokens",
                 "reasoning_tokens", "ttft_ms", "tokens_per_second")
@@ -266,6 +269,25 @@ class Store(SqliteFile):
         from localr1.store.markdown import conversation_markdown
 
         return conversation_markdown(self, id, include_reasoning=include_reasoning)
+
+    def add_eval_run(self, **run: Any) -> EvalRunRecord:
+        """Store a finished `localr1 eval` run; see `localr1.store.eval_runs.add_eval_run`."""
+        from localr1.store.eval_runs import add_eval_run
+
+        return add_eval_run(self, **run)
+
+    def eval_runs(self, *, model: str | None = None,
+                  limit: int | None = 50) -> list[EvalRunRecord]:
+        """Past eval runs, the newest first (`model`'s only, when given)."""
+        from localr1.store.eval_runs import list_eval_runs
+
+        return list_eval_runs(self, model=model, limit=limit)
+
+    def last_eval_scores(self) -> dict[str, EvalRunRecord]:
+        """Each model's newest eval run, by its name."""
+        from localr1.store.eval_runs import last_eval_scores
+
+        return last_eval_scores(self)
 
     def _message(self, id: int) -> Message:
         rows = self._rows("SELECT * FROM messages WHERE id = ?", (id,))

@@ -139,6 +139,35 @@ def m004_finish_reason_repetition(db: Database) -> None:
         raise RuntimeError(f"integrity check failed after m004: {problems[:3]}")
 
 
+@MIGRATIONS()
+def m005_eval_runs(db: Database) -> None:
+    # `localr1 eval` runs: one row per model and run, the last one per model shown by the
+    # TUI's model manager. The rates are checked here too, so a stored run always prints.
+    db.executescript("""
+        CREATE TABLE eval_runs (
+            id INTEGER PRIMARY KEY,
+            model TEXT NOT NULL,
+            set_name TEXT NOT NULL,
+            set_digest TEXT NOT NULL,
+            problems INTEGER CHECK (problems >= 1),
+            samples INTEGER CHECK (samples >= 1),
+            pass_at_1 REAL CHECK (pass_at_1 >= 0 AND pass_at_1 <= 1),
+            ci_low REAL CHECK (ci_low >= 0 AND ci_low <= 1),
+            ci_high REAL CHECK (ci_high >= 0 AND ci_high <= 1),
+            cons_at_k REAL CHECK (cons_at_k >= 0 AND cons_at_k <= 1),
+            format_rate REAL CHECK (format_rate >= 0 AND format_rate <= 1),
+            mean_reasoning_tokens REAL CHECK (mean_reasoning_tokens >= 0),
+            seconds_per_sample REAL CHECK (seconds_per_sample >= 0),
+            params TEXT,
+            solved TEXT,
+            results_path TEXT,
+            started_at TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX eval_runs_model ON eval_runs (model, finished_at);
+    """)
+
+
 def known_migrations() -> list[str]:
     """The names of the migrations this code knows, oldest first."""
     db = Database(memory=True)

@@ -70,3 +70,4 @@ class ModelDetails(Message):
 
     rows: list  # list[localr1.models.listing.InstalledRow]
     catalog: list  # list[localr1.models.listing.CatalogRow]: not installed here; or a str why not
+    scores: dict[str, str] | None = None  # installed row key: its last eval score ("quick 83% ×4")

@@ -58,9 +58,9 @@ async def test_models_screen_rows_are_the_listing_rows(make_app, prefill_engine,
         installed, available = screen.installed_table, screen.available_table
         await wait_for(pilot, lambda: installed.row_count == 1 and available.row_count > 10,
                        what="the lists")
-        cells = [str(installed.get_cell_at((0, i))) for i in range(6)]
+        cells = [str(installed.get_cell_at((0, i))) for i in range(7)]
         assert cells == [row.name, format_bytes(row.model.size_bytes), row.quant,
-                         row.fit_label, row.speed, row.last_used]
+                         row.fit_label, "—", row.speed, row.last_used]
         assert row.last_used == "3 h ago"
         shown = [(str(available.get_cell_at((i, 1))), str(available.get_cell_at((i, 4))))
                  for i in range(available.row_count)]

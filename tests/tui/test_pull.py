@@ -105,7 +105,7 @@ async def test_model_manager_pulls_sets_default_and_uses(make_app, hub, prefill_
         assert "r1:7b-q4_k_m" in names and "r1:70b-q8_0" in names
         # Set the installed one as default: written to config.toml, marked in the list.
         await pilot.press("s")
-        await wait_for(pilot, lambda: "default" in str(installed.get_cell_at((0, 6))),
+        await wait_for(pilot, lambda: "default" in str(installed.get_cell_at((0, 7))),
                        what="the default mark")
         assert load_settings(app.paths.config_file).default_model == "mine"
         # Pull r1:7b from the catalog list with enter; leave the screen while it downloads.

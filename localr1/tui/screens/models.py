@@ -5,7 +5,9 @@ pull one with a live progress bar (cancel, resume).
 
 The rows are `localr1.models.listing`'s, the ones `localr1 list` prints. Listing reads GGUF
 headers (slow for big files) and the fit estimate probes memory, so a worker does it and posts
-`ModelDetails`; the screen stays responsive meanwhile. Fits count config.toml's kv_type and
+`ModelDetails`; the screen stays responsive meanwhile. The same worker reads each installed
+model's last `localr1 eval` score from the history ("quick 83% ×4": set, pass@1, samples per
+problem); "—" when it has none or the history cannot be read. Fits count config.toml's kv_type and
 its draft model ("(with draft)"); under the installed list, a tip names the draft model that
 would speed up the highlighted one (r1:1.5b for a Qwen R1 distill). The app installs this
 screen once, so a download goes on while you chat and the screen shows it when you come back.
@@ -15,6 +17,7 @@ only forgotten.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from textual import on, work
@@ -30,12 +33,17 @@ from localr1.models.fit import MachineMemory
 from localr1.models.listing import CatalogRow, InstalledRow
 from localr1.models.registry import InstalledModel
 from localr1.sizes import format_bytes
+from localr1.store import EvalRunRecord, Store
+from localr1.terminal_text import visible_controls
 from localr1.tui.formatting import literal
 from localr1.tui.messages import ModelDetails
 from localr1.tui.screens.dialogs import ConfirmScreen
 from localr1.tui.widgets.pull_panel import PullPanel
 
 FIT_WIDTH = 26  # "too large for this machine"
+# "quick 100% ×16"; a longer set name is shortened. Name and Size gave up the room it takes.
+SCORE_WIDTH = 14
+NO_SCORE = "—"
 
 
 class ModelsScreen(Screen[Path | None]):
@@ -99,10 +107,10 @@ class ModelsScreen(Screen[Path | None]):
 
     def _add_columns(self, fit_width: int) -> None:
         """The tables' columns; the Fit column as wide as its longest label ("(with draft)")."""
-        for label, key, width in (("Name", "name", 24), ("Size", "size", 9),
+        for label, key, width in (("Name", "name", 18), ("Size", "size", 8),
                                   ("Quant", "quant", 8), ("Fit", "fit", fit_width),
-                                  ("Speed", "speed", 11), ("Last used", "used", 12),
-                                  ("", "state", 17)):
+                                  ("Score", "score", SCORE_WIDTH), ("Speed", "speed", 11),
+                                  ("Last used", "used", 12), ("", "state", 17)):
             self.installed_table.add_column(label, key=key, width=width)
         for label, key, width in (("", "star", 1), ("Name", "name", 20), ("Model", "title", 30),
                                   ("Size", "size", 9), ("Fit", "fit", fit_width),
@@ -131,7 +139,8 @@ class ModelsScreen(Screen[Path | None]):
             self.post_message(ModelDetails([], []))
             return
         catalog = _not_installed(self.models_dir, machine, [row.model for row in installed])
-        self.post_message(ModelDetails(installed, catalog))
+        scores = _score_cells(self.app.store, installed) if installed else {}
+        self.post_message(ModelDetails(installed, catalog, scores))
 
     def on_model_details(self, message: ModelDetails) -> None:
         table = self.installed_table
@@ -144,8 +153,9 @@ class ModelsScreen(Screen[Path | None]):
         self._add_columns(max([FIT_WIDTH, *map(len, labels)]))
         self.rows = {str(row.model.path): row for row in message.rows}
         for key, row in self.rows.items():
+            score = Content((message.scores or {}).get(key, NO_SCORE))
             table.add_row(literal(row.name), format_bytes(row.model.size_bytes),
-                          literal(row.quant), row.fit_label, row.speed, row.last_used,
+                          literal(row.quant), row.fit_label, score, row.speed, row.last_used,
                           self._state(row.model), key=key)
         imported = self._select_after_listing
         self._select_after_listing = None
@@ -299,6 +309,37 @@ def _highlighted_key(table: DataTable) -> str:
     if not table.row_count:
         return ""
     return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or ""
+
+
+def _score_cells(store: Store, rows: list[InstalledRow]) -> dict[str, str]:
+    """Each installed model's last eval score as its cell, by row key; none at all when the
+    history cannot be read (a broken file must not break the screen)."""
+    try:
+        runs = {name.lower(): run for name, run in store.last_eval_scores().items()}
+    except (LocalR1Error, sqlite3.Error):
+        return {}
+    cells = {}
+    for row in rows:
+        # The runner records the library's name; a catalog model also goes by its entry's.
+        names = {name.lower() for name in (row.model.name, row.model.catalog_name) if name}
+        found = [runs[name] for name in names if name in runs]
+        if found:
+            cells[str(row.model.path)] = score_text(max(found, key=_finished))
+    return cells
+
+
+def _finished(run: EvalRunRecord) -> tuple[str, int]:
+    return run.finished_at, run.id
+
+
+def score_text(run: EvalRunRecord, width: int = SCORE_WIDTH) -> str:
+    """"quick 83% ×4": the set, pass@1 and K; the set's name shortened to fit `width`."""
+    numbers = f"{run.pass_at_1:.0%} ×{run.samples}"
+    name = visible_controls(" ".join(run.set_name.split()))
+    room = max(1, width - len(numbers) - 1)
+    if len(name) > room:
+        name = name[:room - 1] + "…"
+    return f"{name} {numbers}"
 
 
 def _not_installed(models_dir: Path, machine: MachineMemory,
