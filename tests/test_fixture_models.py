@@ -20,12 +20,20 @@ from tests.fixtures.scripted_models import (
     ANSWER_TEXT,
     ASSISTANT_ID,
     BOS_ID,
+    BOXED_RIGHT_ANSWER_TEXT,
+    BOXED_RIGHT_OUTPUT_TEXT,
+    BOXED_RIGHT_REASONING_TEXT,
+    BOXED_WRONG_ANSWER_TEXT,
+    BOXED_WRONG_OUTPUT_TEXT,
+    BOXED_WRONG_REASONING_TEXT,
     EOS_ID,
     LOOP_CONTEXT_LENGTH,
     LOOP_CYCLE_TEXT,
     LOOP_CYCLE_TOKENS,
     MARKUP_ANSWER_TEXT,
     NEWLINE_ID,
+    NO_BOX_ANSWER_TEXT,
+    NO_BOX_OUTPUT_TEXT,
     ORIGINAL_OUTPUT_TEXT,
     PREFILL_OUTPUT_TEXT,
     PREFILL_TEMPLATE,
@@ -47,7 +55,11 @@ FIXTURE_FOR_VARIANT = {
     "loop": "r1_loop_model",
     "no_template": "r1_no_template_model",
     "markup": "r1_markup_model",
+    "boxed_right": "r1_boxed_right_model",
+    "boxed_wrong": "r1_boxed_wrong_model",
+    "no_box": "r1_no_box_model",
 }
+EVAL_VARIANTS = ("boxed_right", "boxed_wrong", "no_box")
 
 GREEDY = {"temp": 0.0}
 SAMPLINGS = {
@@ -299,7 +311,7 @@ def test_detokenize_special_tokens(request, loaded) -> None:
 
 
 @pytest.mark.parametrize("sampling", list(SAMPLINGS))
-@pytest.mark.parametrize("variant", ["original", "prefill", "markup"])
+@pytest.mark.parametrize("variant", ["original", "prefill", "markup", *EVAL_VARIANTS])
 def test_model_follows_script(request, loaded, variant: str, sampling: str) -> None:
     spec = VARIANTS[variant]
     llm = _variant_llm(request, loaded, variant)
@@ -328,6 +340,32 @@ def test_markup_answer_holds_escape(request, loaded) -> None:
     raw = llm.detokenize(tokens)
     assert b"\x1b[31m" in raw
     assert raw.decode("utf-8").split("</think>\n\n", 1)[1] == MARKUP_ANSWER_TEXT
+
+
+def test_eval_texts() -> None:
+    assert BOXED_RIGHT_ANSWER_TEXT == "The answer is $\\boxed{42}$."
+    assert BOXED_WRONG_ANSWER_TEXT == "The answer is $\\boxed{41}$."
+    assert NO_BOX_ANSWER_TEXT == "The answer is 42." and "boxed" not in NO_BOX_OUTPUT_TEXT
+    assert BOXED_RIGHT_OUTPUT_TEXT == BOXED_RIGHT_REASONING_TEXT + "</think>\n\n" \
+        + BOXED_RIGHT_ANSWER_TEXT
+    assert BOXED_WRONG_OUTPUT_TEXT == BOXED_WRONG_REASONING_TEXT + "</think>\n\n" \
+        + BOXED_WRONG_ANSWER_TEXT
+    assert NO_BOX_OUTPUT_TEXT == BOXED_RIGHT_REASONING_TEXT + "</think>\n\n" + NO_BOX_ANSWER_TEXT
+    for variant in EVAL_VARIANTS:
+        assert VARIANTS[variant].template == PREFILL_TEMPLATE
+
+
+@pytest.mark.parametrize("variant", EVAL_VARIANTS)
+def test_eval_model_answers(request, loaded, variant: str) -> None:
+    """The reasoning and the answer come apart at </think> into exactly the promised texts, with
+    the tokens llama.cpp itself gives those texts (so the models emit a natural tokenization)."""
+    spec = VARIANTS[variant]
+    llm = _variant_llm(request, loaded, variant)
+    tokens, stopped = _generate(llm, _prompt_tokens(llm), 100, **SAMPLINGS["r1-recommended"])
+    assert stopped
+    reasoning, answer = _text(llm, tokens).split("</think>\n\n")
+    assert (reasoning, answer) == (spec.reasoning, spec.answer)
+    assert llm.tokenize(spec.output.encode(), add_bos=False, special=True) == tokens
 
 
 @pytest.mark.parametrize("sampling", ["greedy", "t1.5-topk0", "repeat-penalty"])

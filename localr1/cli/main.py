@@ -394,6 +394,7 @@ def _register_command_groups() -> None:
     # Commands that live in their own modules; each imports only click at import time.
     from localr1.cli.batch import batch
     from localr1.cli.doctor import doctor
+    from localr1.cli.eval import eval_command
     from localr1.cli.history import history
     from localr1.cli.models import import_models, list_models, pull, rm, show
     from localr1.cli.serve import serve
@@ -408,6 +409,7 @@ def _register_command_groups() -> None:
     cli.add_command(rm)
     cli.add_command(import_models)
     cli.add_command(serve)
+    cli.add_command(eval_command)
 
 
 _register_command_groups()

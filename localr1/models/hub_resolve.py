@@ -203,12 +203,14 @@ def _plan(name: str, reference: str, repo: str, revision: str, quant: str | None
 
 
 def remote_files(repo: str, paths: tuple[str, ...], revision: str = "main",
-                 deadline: Deadline | None = None) -> tuple[RemoteFile, ...]:
-    """Size, sha256 and URL of each path, in one paths-info call."""
+                 deadline: Deadline | None = None,
+                 repo_type: str = "model") -> tuple[RemoteFile, ...]:
+    """Size, sha256 and URL of each path, in one paths-info call; `repo_type` "dataset" for
+    a dataset repo (eval's problem sets)."""
     from huggingface_hub import hf_hub_url
 
     endpoint = hub_endpoint()
-    url = f"{endpoint}/api/models/{repo}/paths-info/{quote(revision, safe='')}"
+    url = f"{endpoint}/api/{repo_type}s/{repo}/paths-info/{quote(revision, safe='')}"
     data, _ = _api_call("POST", url, repo, revision, deadline or Deadline(),
                         data={"paths": list(paths), "expand": False})
     by_path = {entry["path"]: entry for entry in _entries(data, repo)
@@ -220,7 +222,8 @@ def remote_files(repo: str, paths: tuple[str, ...], revision: str = "main",
     for path in paths:
         size, sha256, git_oid = _checked_facts(by_path[path], repo)
         files.append(RemoteFile(repo, revision, path, size, sha256, git_oid,
-                                hf_hub_url(repo, path, revision=revision, endpoint=endpoint)))
+                                hf_hub_url(repo, path, revision=revision, endpoint=endpoint,
+                                           repo_type=repo_type)))
     return tuple(files)
 
 

@@ -1,0 +1,230 @@
+"""`localr1 eval`: DeepSeek-R1's rule-based reward on local models, side by side."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from localr1.cli.endpoint_options import connect_endpoint, endpoint_options
+from localr1.cli.engine_options import EngineFlags, engine_options
+from localr1.cli.params import setting_check
+from localr1.terminal_text import safe_echo
+
+
+@click.command("eval")
+@click.argument("problem_set", metavar="SET", required=False)
+@click.option("-m", "--model", "models", multiple=True,
+              help="Model name or .gguf path; repeat to compare (default: config's model).")
+@click.option("-k", "--samples", default=4, show_default=True, type=click.IntRange(1, 1024),
+              help="Samples per problem (pass@1 is their mean, cons@K their majority vote).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N problems.")
+@click.option("-p", "--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Samples decoded at once (with --endpoint: requests in flight).")
+@click.option("--max-tokens", default=8192, show_default=True, type=click.IntRange(min=1),
+              help="Per sample, reasoning included (R1's reports: 32768).")
+@click.option("--temperature", default=0.6, show_default=True, type=click.FloatRange(0, 5),
+              callback=setting_check("temperature"))
+@click.option("--top-p", default=0.95, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True), callback=setting_check("top_p"))
+@click.option("--seed", default=0, show_default=True, type=int, callback=setting_check("seed"),
+              help="Each sample's seed derives from it: reruns give the same samples.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL file the samples stream to; a rerun continues it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.option("--history", is_flag=True, help="List past eval runs (with -m: that model's).")
+@click.option("--export-sft", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the samples that pass both rules as chat-format JSONL.")
+@click.option("--sft-max-solved", type=click.IntRange(min=1), metavar="M",
+              help="--export-sft: only problems solved in at most M of their samples.")
+@click.option("--sft-shortest", is_flag=True,
+              help="--export-sft: only the shortest correct trace per problem.")
+@click.option("--threads", type=click.IntRange(min=1), callback=setting_check("threads"))
+@click.option("--gpu-layers", help="auto, all, 0 (CPU) or a count.")
+@click.option("--chat-format", help="Prompt format for GGUFs without a usable template.")
+@endpoint_options
+@engine_options
+def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
+                 limit: int | None, parallel: int, max_tokens: int, temperature: float,
+                 top_p: float, seed: int, output: Path | None, as_json: bool, history: bool,
+                 export_sft: Path | None, sft_max_solved: int | None, sft_shortest: bool,
+                 threads, gpu_layers, chat_format, endpoint, api_key,
+                 engine_flags: EngineFlags) -> None:
+    """Score models on SET with DeepSeek-R1's rules: the last \\boxed{} answer checked with
+    math-verify, and the reasoning in a closed think block.
+
+    \b
+    SET: a JSONL file ({"id", "problem", "answer"}, optional "prompt") or a built-in set:
+      quick      42 generated problems shipped with localr1 (offline)
+      gsm8k      GSM8K test (1,319 problems, MIT), downloaded once from the Hub
+      math-500   MATH-500 (500 problems, MIT), downloaded once from the Hub
+
+    \b
+      localr1 eval quick -m r1:7b
+      localr1 eval math-500 -m r1:7b-q4_k_m -m r1:7b-q8_0 --limit 100 -p 4 -o q.jsonl
+      localr1 eval --history
+    """
+    from localr1.paths import app_paths
+
+    paths = app_paths()
+    if history:
+        _print_history(paths, models, as_json)
+        return
+    if problem_set is None:
+        raise click.UsageError("give a SET (quick, gsm8k, math-500 or a .jsonl file), "
+                               "or --history")
+    if (sft_max_solved is not None or sft_shortest) and export_sft is None:
+        raise click.UsageError("--sft-max-solved and --sft-shortest need --export-sft FILE")
+    if endpoint is not None:
+        connect_endpoint_check = {"--gpu-layers": gpu_layers, "--threads": threads,
+                                  "--chat-format": chat_format, **engine_flags.local_only()}
+        given = [name for name, value in connect_endpoint_check.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} cannot be used with --endpoint "
+                                   "(the server runs the model)")
+
+    from localr1.evaluation.report import EvalReport
+    from localr1.evaluation.results_file import ResultsFile, header
+    from localr1.evaluation.runner import EvalSettings
+    from localr1.evaluation.scoring import AnswerChecker
+    from localr1.evaluation.set_names import resolve_problem_set
+
+    full_set = resolve_problem_set(problem_set, paths.data_dir, _download_progress())
+    chosen_set = full_set.limited(limit)
+    settings = EvalSettings(samples=samples, temperature=temperature, top_p=top_p,
+                            max_tokens=max_tokens, seed=seed)
+    # Opened first: a results file of another run is refused before anything is said or run.
+    results = ResultsFile(output, header(full_set.name, full_set.digest, settings.recorded()))
+    facts = [f"{len(chosen_set.problems)} of {len(full_set.problems)} problems", full_set.source,
+             *([f"license {full_set.license}"] if full_set.license else []),
+             f"{samples} sample{'s' if samples != 1 else ''} each",
+             f"temperature {temperature}", f"top-p {top_p}", f"up to {max_tokens} tokens"]
+    safe_echo(f"eval {chosen_set.name}: " + " · ".join(facts), err=True)
+    report = EvalReport(chosen_set, settings)
+    with results, AnswerChecker() as checker:
+        for model in models or (None,):
+            label = _evaluate_one(model, endpoint, api_key, chosen_set, settings, results,
+                                  checker, parallel, threads, gpu_layers, chat_format,
+                                  engine_flags, paths)
+            report.add(label, results)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        safe_echo("\n".join(report.table_lines()))
+    report.save(paths.db_path, output)  # after printing: a history that fails loses no score
+    for line in report.failure_lines():
+        safe_echo(f"localr1: {line}", err=True)
+    if export_sft is not None:
+        summary = report.export_sft(export_sft, max_solved=sft_max_solved, shortest=sft_shortest)
+        skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+        safe_echo(f"export: {summary.written} samples of {summary.problems} problems to "
+                  f"{export_sft}" + (f" (left out: {skipped})" if skipped else ""), err=True)
+    if report.failed_samples:
+        sys.exit(1)
+
+
+def _evaluate_one(model, endpoint, api_key, problem_set, settings, results, checker,
+                  parallel, threads, gpu_layers, chat_format, engine_flags, paths) -> str:
+    """Load (or connect to) one model, decode and score its missing samples; its label."""
+    from localr1.evaluation.runner import ModelRun, evaluate_model
+
+    if endpoint is not None:
+        engine = connect_endpoint(endpoint, model, api_key)
+        run = ModelRun(engine, engine.info.name, parallel=parallel)
+    else:
+        engine, label = _load_local(model, problem_set, settings, threads, gpu_layers,
+                                    chat_format, engine_flags, paths)
+        run = ModelRun(engine, label, parallel=parallel,
+                       n_ctx_per_sequence=_context_per_sample(engine, problem_set, settings),
+                       threads=threads or 0)
+    progress = EvalProgress(run.label, results) if sys.stderr.isatty() else None
+    cancel = threading.Event()
+    try:
+        with engine:
+            evaluate_model(run, problem_set, settings, results, checker, progress, cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        if progress:
+            progress.clear()
+    return run.label
+
+
+def _load_local(model, problem_set, settings, threads, gpu_layers, chat_format, engine_flags,
+                paths):
+    from localr1.cli.main import gpu_layers_option_value, no_model_message
+    from localr1.config import load_settings
+    from localr1.engine.llama_engine import Engine, EngineConfig
+    from localr1.models.choice import choose_model, record_use
+
+    app_settings = load_settings(paths.config_file)
+    chosen = choose_model(model, app_settings, paths)
+    if chosen is None:
+        raise click.UsageError(no_model_message(paths))
+    config = EngineConfig.from_settings(
+        chosen.path, app_settings, context_size=2048,
+        gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
+        chat_format=chat_format, **engine_flags.engine_overrides(app_settings, paths.models_dir))
+    engine = Engine.load(config)
+    return engine, record_use(chosen, paths.models_dir, remember=False).name
+
+
+def _context_per_sample(engine, problem_set, settings) -> int:
+    """Room for the longest prompt and the whole reply, within what the model was trained on."""
+    from localr1.chat_message import ChatMessage
+    from localr1.evaluation.problems import user_prompt
+
+    longest = max(problem_set.problems, key=lambda p: len(user_prompt(p)))
+    prompt = engine.prepare_prompt((ChatMessage("user", user_prompt(longest)),),
+                                   settings.params(), n_ctx=1 << 20)
+    needed = len(prompt.tokens) + settings.max_tokens + 16
+    return min(needed, engine.info.n_ctx_train or needed)
+
+
+def _download_progress():
+    from localr1.cli.pull_progress import PullProgressPrinter
+
+    return PullProgressPrinter()
+
+
+def _print_history(paths, models: tuple[str, ...], as_json: bool) -> None:
+    from localr1.evaluation.report import history_lines, history_records
+
+    records = history_records(paths.db_path, models)
+    if as_json:
+        click.echo(json.dumps(records, ensure_ascii=False, indent=2))
+        return
+    for line in history_lines(records):
+        safe_echo(line)
+
+
+class EvalProgress:
+    """One self-rewriting stderr line: a bar of the samples done, tokens/s, the ETA, and the
+    samples correct so far (the batch runner reports as each sample finishes)."""
+
+    _BAR = 20
+
+    def __init__(self, label: str, results) -> None:
+        self.label = label
+        self.results = results
+
+    def __call__(self, summary, total: int) -> None:
+        finished = summary.done + summary.failed
+        filled = self._BAR * finished // total if total else self._BAR
+        eta = ""
+        if finished and summary.seconds > 0 and finished < total:
+            left = summary.seconds / finished * (total - finished)
+            eta = f" · ETA {int(left // 60)}:{int(left % 60):02d}"
+        correct = self.results.correct_count(self.label)
+        sys.stderr.write(f"\r\x1b[K{self.label} [{'#' * filled}{'.' * (self._BAR - filled)}] "
+                         f"{finished}/{total} samples · {summary.tokens_per_second:.1f} tok/s"
+                         f"{eta} · {correct} correct")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
