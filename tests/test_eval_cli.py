@@ -86,7 +86,8 @@ def test_two_models_side_by_side(problems, r1_boxed_right_model, r1_boxed_wrong_
     assert wrong in header  # one column per model
     pass_line = next(line for line in table.splitlines() if line.startswith("pass@1"))
     assert "66.7%" in pass_line and "0.0%" in pass_line
-    assert f"solved only by {right} (2): p1, p2" in table
+    assert f"solved by {right}, not {wrong} (2): p1, p2" in table
+    assert f"solved by {wrong}, not {right} (0)" in table
     assert "3 problems" in result.stderr and "license" not in result.stderr.split("\n")[0]
 
 
@@ -142,6 +143,8 @@ def test_a_rerun_decodes_nothing_and_more_samples_extend(tmp_path, problems,
     more = localr1("eval", *common, "--samples", "3", "--json")
     assert scores(more)[r1_boxed_right_model.stem]["samples_per_problem"] == 3
     assert len(lines(output)) == 1 + 9
+    runs = json.loads(localr1("eval", "--history", "--json").stdout)
+    assert [run["samples"] for run in runs] == [3, 2]  # the rerun that decoded nothing: no row
 
 
 def test_other_settings_in_the_results_file_are_refused(tmp_path, problems,
@@ -227,3 +230,50 @@ def test_a_terminal_gets_a_progress_bar_with_eta(tmp_path, problems, r1_loop_mod
     assert "ETA " in text and "tok/s" in text
     assert "[####################] 6/6 samples" in text
     assert "pass@1" in text  # then the table
+
+
+def test_max_tokens_beyond_the_models_context_gets_what_fits(problems, r1_boxed_right_model):
+    # The default 8192 tokens per sample on a model trained for 4096.
+    result = localr1("eval", problems, "-m", r1_boxed_right_model, "--samples", "1", "--json")
+    assert scores(result)[r1_boxed_right_model.stem]["pass_at_1"] == pytest.approx(2 / 3)
+    assert "context of 4096 tokens leaves room for" in result.stderr
+    assert "(not 8192)" in result.stderr
+
+
+def test_every_model_is_found_before_anything_is_decoded(tmp_path, problems,
+                                                         r1_boxed_right_model):
+    output = tmp_path / "samples.jsonl"
+    result = localr1("eval", problems, "-m", r1_boxed_right_model, "-m",
+                     tmp_path / "typo.gguf", "-o", output)
+    assert result.returncode != 0 and "typo.gguf" in result.stderr
+    assert not output.exists()
+    twin = tmp_path / "other" / r1_boxed_right_model.name
+    twin.parent.mkdir()
+    twin.write_bytes(r1_boxed_right_model.read_bytes())
+    clash = localr1("eval", problems, "-m", r1_boxed_right_model, "-m", twin)
+    assert clash.returncode == 2
+    assert f"two models go by the name {r1_boxed_right_model.stem!r}" in clash.stderr
+
+
+def test_output_must_be_its_own_file(tmp_path, problems, r1_boxed_right_model):
+    same = localr1("eval", problems, "-m", r1_boxed_right_model, "-o", tmp_path / "x.jsonl",
+                   "--export-sft", tmp_path / "x.jsonl")
+    assert same.returncode == 2 and "must be different files" in same.stderr
+    table = tmp_path / "all.txt"
+    with open(table, "w") as stdout:
+        to_stdout = subprocess.run(
+            [sys.executable, "-m", "localr1", "eval", str(problems), "-m",
+             str(r1_boxed_right_model), "-o", "/dev/stdout"], stdout=stdout,
+            stderr=subprocess.PIPE, text=True, timeout=120)
+    assert to_stdout.returncode == 2 and "-o cannot be stdout" in to_stdout.stderr
+
+
+def test_digit_heavy_prompts_get_the_context_they_need(tmp_path, r1_boxed_right_model):
+    # Fewer characters but more tokens than the other problem (digits are one token each).
+    path = tmp_path / "long.jsonl"
+    rows = [{"id": "words", "problem": "a" * 600, "answer": "42"},
+            {"id": "digits", "problem": "7" * 400, "answer": "42"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = localr1("eval", path, "-m", r1_boxed_right_model, "--samples", "1",
+                     "--max-tokens", "200", "--json")
+    assert scores(result)[r1_boxed_right_model.stem]["pass_at_1"] == 1.0

@@ -91,7 +91,8 @@ def test_the_wheel_installs_and_runs_from_outside_the_source_tree(dist, tmp_path
 
 def test_pyinstaller_bundle_builds_and_passes_its_smoke_test(tmp_path):
     """packaging/pyinstaller: the one-folder bundle, then smoke_test.py on it (--version,
-    doctor with the bundled llama.cpp, run on a fixture model, the TUI in tmux)."""
+    doctor with the bundled llama.cpp, run on a fixture model, serve, eval with math-verify in
+    a spawned child, the TUI in tmux)."""
     if shutil.which("tmux") is None:
         pytest.fail("tmux is needed for the bundle's TUI check (.ci/run installs it)")
     build = subprocess.run(
@@ -136,6 +137,18 @@ def test_homebrew_formula_has_a_resource_for_every_dependency():
         assert needed in formula
     for name in FROM_FORMULAE:
         assert f'depends_on "{name}"' in formula and name not in resources
+
+
+def test_homebrew_resources_include_what_an_extra_pulls_in():
+    """brew installs each resource with --no-deps, so what a dependency's extras require must be
+    a resource too: textual asks for markdown-it-py[linkify], which needs linkify-it-py."""
+    sys.path.insert(0, str(PACKAGING / "homebrew"))
+    try:
+        from make_formula import dependency_tree
+    finally:
+        sys.path.pop(0)
+    assert "linkify-it-py" in dependency_tree()
+    assert 'resource "linkify-it-py" do' in (PACKAGING / "homebrew" / "localr1.rb").read_text()
 
 
 def test_linux_desktop_entry():

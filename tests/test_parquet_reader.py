@@ -3,15 +3,16 @@ make_parquet_fixture.py), and against hostile files built byte by byte here."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
 
 from localr1.evaluation import snappy_codec
 from localr1.evaluation.parquet_reader import MAX_ROWS, ParquetError, read_rows
+from localr1.evaluation.thrift_compact import CompactReader
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "parquet"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
@@ -74,7 +75,8 @@ def test_snappy_literals_and_overlapping_copies():
 # ---- hostile files -----------------------------------------------------------------------------
 # A small compact-protocol writer: values are (type, value) pairs, structs {field id: pair}.
 
-_TYPES = {"true": 1, "false": 2, "i32": 5, "i64": 6, "bin": 8, "list": 9, "struct": 12}
+_TYPES = {"true": 1, "false": 2, "i32": 5, "i64": 6, "bin": 8, "list": 9, "map": 11,
+          "struct": 12}
 
 
 def _varint(n: int) -> bytes:
@@ -91,12 +93,20 @@ def _zigzag(n: int) -> bytes:
 
 
 def _value(kind: str, value) -> bytes:
+    if kind in ("true", "false"):  # in a list: a byte each
+        return bytes([1 if value else 2])
     if kind in ("i32", "i64"):
         return _zigzag(value)
     if kind == "bin":
         return _varint(len(value)) + value
     if kind == "struct":
         return _struct(value)
+    if kind == "map":
+        if not value:
+            return b"\0"
+        key_kind, value_kind = _typed(value[0][0])[0], _typed(value[0][1])[0]
+        return _varint(len(value)) + bytes([(_TYPES[key_kind] << 4) | _TYPES[value_kind]]) + \
+            b"".join(_value(*_typed(k)) + _value(*_typed(v)) for k, v in value)
     element, items = value  # "list": (element kind, [values])
     head = bytes([(len(items) << 4) | _TYPES[element]]) if len(items) < 15 else \
         bytes([0xF0 | _TYPES[element]]) + _varint(len(items))
@@ -107,8 +117,12 @@ def _struct(fields: dict) -> bytes:
     out, last = bytearray(), 0
     for field_id in sorted(fields):
         kind, value = fields[field_id]
-        out.append(((field_id - last) << 4) | _TYPES[kind])
-        out += _value(kind, value)
+        if 0 < field_id - last < 16:
+            out.append(((field_id - last) << 4) | _TYPES[kind])
+        else:  # the long form: the type alone, then the field id
+            out += bytes([_TYPES[kind]]) + _zigzag(field_id)
+        if kind not in ("true", "false"):  # a boolean field is all in its type
+            out += _value(kind, value)
         last = field_id
     return bytes(out) + b"\0"
 
@@ -123,7 +137,7 @@ def _page(values: bytes, count: int, size: int | None = None, stored: int | None
 
 
 def _file(pages: bytes, rows: int, *, optional: bool = False, codec: int = 0,
-          offset: int = 4, chunk_size: int | None = None) -> bytes:
+          offset: int = 4, chunk_size: int | None = None, column_fields=None) -> bytes:
     """One INT64 column "n" in one row group, its pages as given."""
     size = len(pages) if chunk_size is None else chunk_size
     column_meta = {1: ("i32", 2), 2: ("list", ("i32", [0])), 3: ("list", ("bin", [b"n"])),
@@ -132,7 +146,8 @@ def _file(pages: bytes, rows: int, *, optional: bool = False, codec: int = 0,
     group = {1: ("list", ("struct", [{2: ("i64", offset), 3: ("struct", column_meta)}])),
              2: ("i64", size), 3: ("i64", rows)}
     schema = [{4: ("bin", b"schema"), 5: ("i32", 1)},
-              {1: ("i32", 2), 3: ("i32", 1 if optional else 0), 4: ("bin", b"n")}]
+              {1: ("i32", 2), 3: ("i32", 1 if optional else 0), 4: ("bin", b"n"),
+               **(column_fields or {})}]
     meta = _struct({1: ("i32", 1), 2: ("list", ("struct", schema)), 3: ("i64", rows),
                     4: ("list", ("struct", [group]))})
     return b"PAR1" + pages + meta + len(meta).to_bytes(4, "little") + b"PAR1"
@@ -149,11 +164,9 @@ def _read(tmp_path: Path, data: bytes, columns=("n",)) -> list[dict]:
 
 
 def _refused(tmp_path: Path, data: bytes, pattern: str) -> str:
-    started = time.monotonic()
     with pytest.raises(ParquetError, match=pattern) as error:
         _read(tmp_path, data)
     assert "\n" not in str(error.value) and str(error.value).startswith(str(tmp_path))
-    assert time.monotonic() - started < 5
     return str(error.value)
 
 
@@ -206,6 +219,95 @@ def test_thrift_lists_and_nesting_that_lie(tmp_path):
     _refused(tmp_path, with_footer(lying_list), "a length of 268,435,456 runs past the end")
     deep = b"\x1c" * 100 + b"\0" * 101  # field 1, a struct, holding field 1, a struct...
     _refused(tmp_path, with_footer(deep), "nested too deeply")
+
+
+def test_thrift_values_of_the_wrong_type_are_refused_in_one_line(tmp_path):
+    def with_footer(footer: bytes) -> bytes:
+        return b"PAR1" + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+
+    # Field 1 a map of one entry, struct -> binary: a key that is no dict key.
+    _refused(tmp_path, with_footer(bytes.fromhex("1B01C8000000")),
+             r"not a readable Parquet file \(a map key holds a struct or a map\)")
+    # The same with a list of one struct as the key.
+    _refused(tmp_path, with_footer(bytes.fromhex("1B01981C000000")),
+             r"not a readable Parquet file \(a map key holds a struct or a map\)")
+    # A schema list holding a list instead of structs.
+    _refused(tmp_path, with_footer(bytes.fromhex("1502191905000000")),
+             "not a readable Parquet file")
+
+
+def test_a_converted_type_of_the_wrong_type_reads_as_no_annotation(tmp_path):
+    values = _page(_int64s(5, -7), 2)
+    for converted in [("list", ("i32", [11])), ("bin", b"UINT_8"), ("struct", {})]:
+        assert _read(tmp_path, _file(values, 2, column_fields={6: converted})) == \
+            [{"n": 5}, {"n": -7}]
+
+
+class _Map(list):
+    """(key, value) pairs to write as a Thrift map."""
+
+
+def _typed(value) -> tuple[str, object]:
+    """A plain value (as CompactReader reads it: a struct is a dict) as a (type, value) pair."""
+    if isinstance(value, bool):
+        return ("true" if value else "false"), value
+    if isinstance(value, int):
+        return "i64", value
+    if isinstance(value, bytes):
+        return "bin", value
+    if isinstance(value, _Map):
+        return "map", value
+    if isinstance(value, list):
+        kind = _typed(value[0])[0] if value else "i32"
+        return "list", ("true" if kind == "false" else kind, [_typed(item)[1] for item in value])
+    return "struct", {field_id: _typed(item) for field_id, item in value.items()}
+
+
+def _footer_of(data: bytes) -> tuple[dict, int]:
+    length = int.from_bytes(data[-8:-4], "little")
+    start = len(data) - 8 - length
+    return CompactReader(data, start, len(data) - 8).read_struct(), start
+
+
+def _paths(value, path=()):
+    """Where every value of a footer sits: a path of field ids and list indices."""
+    if path:
+        yield path
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield from _paths(item, (*path, key))
+
+
+def _replaced(meta: dict, path: tuple, value) -> dict:
+    meta = copy.deepcopy(meta)
+    holder = meta
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = value
+    return meta
+
+
+# What a writer bug or an attacker could put in any field instead: every kind of Thrift value,
+# including a map whose key is a struct (a dict Python cannot use as a key).
+_OTHER_VALUES = [7, True, b"x", [7], [b"x"], [{}], {}, {1: 7}, _Map([(1, 2)]),
+                 _Map([({}, b"")])]
+
+
+@pytest.mark.parametrize("name", ["gsm8k_test", "nulls"])
+def test_every_footer_field_holding_another_type_is_one_line(tmp_path, name):
+    data = (FIXTURES / f"{name}.parquet").read_bytes()
+    meta, start = _footer_of(data)
+    columns = list(EXPECTED[name][0])
+    for path in _paths(meta):
+        for value in _OTHER_VALUES:
+            footer = _struct({key: _typed(item) for key, item in
+                              _replaced(meta, path, value).items()})
+            damaged = data[:start] + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+            try:
+                _read(tmp_path, damaged, columns)
+            except ParquetError as exc:
+                assert "\n" not in str(exc)
 
 
 def test_random_damage_is_always_one_line(tmp_path):

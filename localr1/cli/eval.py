@@ -58,7 +58,7 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
 
     \b
     SET: a JSONL file ({"id", "problem", "answer"}, optional "prompt") or a built-in set:
-      quick      42 generated problems shipped with localr1 (offline)
+      quick      40 generated problems shipped with localr1 (offline)
       gsm8k      GSM8K test (1,319 problems, MIT), downloaded once from the Hub
       math-500   MATH-500 (500 problems, MIT), downloaded once from the Hub
 
@@ -78,13 +78,9 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
                                "or --history")
     if (sft_max_solved is not None or sft_shortest) and export_sft is None:
         raise click.UsageError("--sft-max-solved and --sft-shortest need --export-sft FILE")
-    if endpoint is not None:
-        connect_endpoint_check = {"--gpu-layers": gpu_layers, "--threads": threads,
-                                  "--chat-format": chat_format, **engine_flags.local_only()}
-        given = [name for name, value in connect_endpoint_check.items() if value is not None]
-        if given:
-            raise click.UsageError(f"{', '.join(given)} cannot be used with --endpoint "
-                                   "(the server runs the model)")
+    _check_output_paths(output, export_sft)
+    local_only = {"--gpu-layers": gpu_layers, "--threads": threads,
+                  "--chat-format": chat_format, **engine_flags.local_only()}
 
     from localr1.evaluation.report import EvalReport
     from localr1.evaluation.results_file import ResultsFile, header
@@ -92,6 +88,8 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
     from localr1.evaluation.scoring import AnswerChecker
     from localr1.evaluation.set_names import resolve_problem_set
 
+    # Every model named before anything is decoded: a typo in the last -m loses no work.
+    local_models = [] if endpoint is not None else _choose_models(models, paths)
     full_set = resolve_problem_set(problem_set, paths.data_dir, _download_progress())
     chosen_set = full_set.limited(limit)
     settings = EvalSettings(samples=samples, temperature=temperature, top_p=top_p,
@@ -105,16 +103,19 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
     safe_echo(f"eval {chosen_set.name}: " + " · ".join(facts), err=True)
     report = EvalReport(chosen_set, settings)
     with results, AnswerChecker() as checker:
-        for model in models or (None,):
-            label = _evaluate_one(model, endpoint, api_key, chosen_set, settings, results,
-                                  checker, parallel, threads, gpu_layers, chat_format,
-                                  engine_flags, paths)
-            report.add(label, results)
+        for target in local_models if endpoint is None else (models or (None,)):
+            if endpoint is not None:
+                engine = connect_endpoint(endpoint, target, api_key, local_only=local_only)
+                run = _endpoint_run(engine, parallel, report)
+            else:
+                run = _local_run(target, chosen_set, settings, parallel, threads, gpu_layers,
+                                 chat_format, engine_flags, paths)
+            summary = _evaluate(run, chosen_set, settings, results, checker)
+            report.add(run.label, results, decoded=summary.done + summary.failed)
     if as_json:
-        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+        safe_echo(json.dumps(report.to_json(), indent=2))
     else:
         safe_echo("\n".join(report.table_lines()))
-    report.save(paths.db_path, output)  # after printing: a history that fails loses no score
     for line in report.failure_lines():
         safe_echo(f"localr1: {line}", err=True)
     if export_sft is not None:
@@ -122,67 +123,120 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
         skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
         safe_echo(f"export: {summary.written} samples of {summary.problems} problems to "
                   f"{export_sft}" + (f" (left out: {skipped})" if skipped else ""), err=True)
+    unsaved = report.save(paths.db_path, output)  # last: a history that fails loses no output
+    for model in unsaved:
+        safe_echo(f"localr1: {model}: not kept in the history (samples failed; a rerun with "
+                  "the same -o tries them again)", err=True)
     if report.failed_samples:
         sys.exit(1)
 
 
-def _evaluate_one(model, endpoint, api_key, problem_set, settings, results, checker,
-                  parallel, threads, gpu_layers, chat_format, engine_flags, paths) -> str:
-    """Load (or connect to) one model, decode and score its missing samples; its label."""
-    from localr1.evaluation.runner import ModelRun, evaluate_model
+def _check_output_paths(output: Path | None, export_sft: Path | None) -> None:
+    """-o must be a file of its own: not the stdout the table goes to, not the export."""
+    import os
 
-    if endpoint is not None:
-        engine = connect_endpoint(endpoint, model, api_key)
-        run = ModelRun(engine, engine.info.name, parallel=parallel)
-    else:
-        engine, label = _load_local(model, problem_set, settings, threads, gpu_layers,
-                                    chat_format, engine_flags, paths)
-        run = ModelRun(engine, label, parallel=parallel,
-                       n_ctx_per_sequence=_context_per_sample(engine, problem_set, settings),
-                       threads=threads or 0)
-    progress = EvalProgress(run.label, results) if sys.stderr.isatty() else None
+    if output is None:
+        return
+    if export_sft is not None and (output == export_sft or (
+            output.exists() and export_sft.exists() and os.path.samefile(output, export_sft))):
+        raise click.UsageError("-o and --export-sft must be different files")
+    try:
+        is_stdout = output.exists() and os.path.samefile(output, "/dev/stdout")
+    except OSError:
+        is_stdout = False
+    if is_stdout:
+        raise click.UsageError("-o cannot be stdout (the scores are printed there); give a file")
+
+
+def _choose_models(models: tuple[str, ...], paths) -> list:
+    from localr1.cli.main import no_model_message
+    from localr1.config import load_settings
+    from localr1.models.choice import choose_model
+
+    app_settings = load_settings(paths.config_file)
+    chosen = []
+    for model in models or (None,):
+        found = choose_model(model, app_settings, paths)
+        if found is None:
+            raise click.UsageError(no_model_message(paths))
+        chosen.append(found)
+    by_name: dict[str, Path] = {}
+    for found in chosen:
+        other = by_name.setdefault(found.name, found.path)
+        if other != found.path:
+            raise click.UsageError(f"two models go by the name {found.name!r} ({other} and "
+                                   f"{found.path}); import one under another name")
+    return chosen
+
+
+def _endpoint_run(engine, parallel: int, report):
+    from localr1.evaluation.runner import ModelRun
+
+    if any(score.model == engine.info.name for score in report.scores):
+        raise click.UsageError(f"the model {engine.info.name!r} is named twice")
+    return ModelRun(engine, engine.info.name, parallel=parallel)
+
+
+def _local_run(chosen, problem_set, settings, parallel, threads, gpu_layers, chat_format,
+               engine_flags, paths):
+    from localr1.cli.main import gpu_layers_option_value
+    from localr1.config import load_settings
+    from localr1.engine.llama_engine import Engine, EngineConfig
+    from localr1.evaluation.runner import ModelRun
+    from localr1.models.choice import record_use
+
+    app_settings = load_settings(paths.config_file)
+    config = EngineConfig.from_settings(
+        chosen.path, app_settings, context_size=2048,
+        gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
+        chat_format=chat_format, **engine_flags.engine_overrides(app_settings, paths.models_dir))
+    engine = Engine.load(config)
+    label = record_use(chosen, paths.models_dir, remember=False).name
+    try:
+        n_ctx, max_new = _context_per_sample(engine, problem_set, settings)
+    except BaseException:
+        engine.close()
+        raise
+    if max_new < settings.max_tokens:
+        safe_echo(f"localr1: {label}'s context of {n_ctx} tokens leaves room for {max_new} "
+                  f"tokens per sample (not {settings.max_tokens})", err=True)
+    return ModelRun(engine, label, parallel=parallel, n_ctx_per_sequence=n_ctx,
+                    threads=threads or 0, max_tokens=max_new)
+
+
+def _evaluate(run, problem_set, settings, results, checker):
+    from localr1.evaluation.runner import evaluate_model
+
+    progress = EvalProgress(run.label, results, problem_set, settings.samples) \
+        if sys.stderr.isatty() else None
     cancel = threading.Event()
     try:
-        with engine:
-            evaluate_model(run, problem_set, settings, results, checker, progress, cancel)
+        with run.engine:
+            return evaluate_model(run, problem_set, settings, results, checker, progress,
+                                  cancel)
     except KeyboardInterrupt:
         cancel.set()
         raise
     finally:
         if progress:
             progress.clear()
-    return run.label
 
 
-def _load_local(model, problem_set, settings, threads, gpu_layers, chat_format, engine_flags,
-                paths):
-    from localr1.cli.main import gpu_layers_option_value, no_model_message
-    from localr1.config import load_settings
-    from localr1.engine.llama_engine import Engine, EngineConfig
-    from localr1.models.choice import choose_model, record_use
-
-    app_settings = load_settings(paths.config_file)
-    chosen = choose_model(model, app_settings, paths)
-    if chosen is None:
-        raise click.UsageError(no_model_message(paths))
-    config = EngineConfig.from_settings(
-        chosen.path, app_settings, context_size=2048,
-        gpu_layers=gpu_layers_option_value(gpu_layers), threads=threads,
-        chat_format=chat_format, **engine_flags.engine_overrides(app_settings, paths.models_dir))
-    engine = Engine.load(config)
-    return engine, record_use(chosen, paths.models_dir, remember=False).name
-
-
-def _context_per_sample(engine, problem_set, settings) -> int:
-    """Room for the longest prompt and the whole reply, within what the model was trained on."""
+def _context_per_sample(engine, problem_set, settings) -> tuple[int, int]:
+    """(context per sequence, tokens a reply may take): room for the longest prompt (in
+    tokens: digits and CJK take more per character) and the whole reply, within what the
+    model was trained on."""
     from localr1.chat_message import ChatMessage
     from localr1.evaluation.problems import user_prompt
 
-    longest = max(problem_set.problems, key=lambda p: len(user_prompt(p)))
-    prompt = engine.prepare_prompt((ChatMessage("user", user_prompt(longest)),),
-                                   settings.params(), n_ctx=1 << 20)
-    needed = len(prompt.tokens) + settings.max_tokens + 16
-    return min(needed, engine.info.n_ctx_train or needed)
+    params = settings.params()
+    longest = max(len(engine.prepare_prompt((ChatMessage("user", user_prompt(problem)),),
+                                            params, n_ctx=1 << 20).tokens)
+                  for problem in problem_set.problems)
+    prompt_tokens = longest + 16  # a margin for the template's closing tokens
+    needed = prompt_tokens + settings.max_tokens
+    n_ctx = min(needed, engine.info.n_ctx_train or needed)
+    return n_ctx, max(1, n_ctx - prompt_tokens)
 
 
 def _download_progress():
@@ -191,26 +245,44 @@ def _download_progress():
     return PullProgressPrinter()
 
 
+def _history_name(model: str, paths) -> str:
+    """The name runs of `model` are stored under (a path's model goes by its file's name)."""
+    from localr1.config import load_settings
+    from localr1.errors import LocalR1Error
+    from localr1.models.choice import choose_model
+
+    try:
+        chosen = choose_model(model, load_settings(paths.config_file), paths)
+    except LocalR1Error:  # a model since removed: its runs are still under that name
+        return model
+    return chosen.name if chosen is not None else model
+
+
 def _print_history(paths, models: tuple[str, ...], as_json: bool) -> None:
     from localr1.evaluation.report import history_lines, history_records
 
-    records = history_records(paths.db_path, models)
+    records = history_records(paths.db_path, tuple(_history_name(m, paths) for m in models))
     if as_json:
-        click.echo(json.dumps(records, ensure_ascii=False, indent=2))
+        safe_echo(json.dumps(records, indent=2))
         return
     for line in history_lines(records):
         safe_echo(line)
 
 
 class EvalProgress:
-    """One self-rewriting stderr line: a bar of the samples done, tokens/s, the ETA, and the
-    samples correct so far (the batch runner reports as each sample finishes)."""
+    """One self-rewriting stderr line: a bar of the samples done, tokens/s, the ETA, and
+    pass@1 so far (the batch runner reports as each sample finishes)."""
 
     _BAR = 20
 
-    def __init__(self, label: str, results) -> None:
-        self.label = label
+    def __init__(self, label: str, results, problem_set, samples: int) -> None:
+        from localr1.terminal_text import visible_controls
+
+        self.label = visible_controls(label)  # an endpoint's model id is anyone's text
+        self.model = label
         self.results = results
+        self.problem_ids = {problem.id for problem in problem_set.problems}
+        self.samples = samples
 
     def __call__(self, summary, total: int) -> None:
         finished = summary.done + summary.failed
@@ -219,10 +291,12 @@ class EvalProgress:
         if finished and summary.seconds > 0 and finished < total:
             left = summary.seconds / finished * (total - finished)
             eta = f" · ETA {int(left // 60)}:{int(left % 60):02d}"
-        correct = self.results.correct_count(self.label)
+        known = self.results.samples(self.model, self.problem_ids, self.samples)
+        so_far = f" · pass@1 so far {sum(bool(s.get('correct')) for s in known) / len(known):.0%}" \
+            if known else ""
         sys.stderr.write(f"\r\x1b[K{self.label} [{'#' * filled}{'.' * (self._BAR - filled)}] "
                          f"{finished}/{total} samples · {summary.tokens_per_second:.1f} tok/s"
-                         f"{eta} · {correct} correct")
+                         f"{eta}{so_far}")
         sys.stderr.flush()
 
     def clear(self) -> None:

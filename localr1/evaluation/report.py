@@ -27,12 +27,17 @@ class EvalReport:
         self.started_at = datetime.now(UTC)
         self.scores: list[ModelScore] = []
         self.samples: dict[str, list[dict[str, Any]]] = {}
+        self.decoded: set[str] = set()
 
-    def add(self, model: str, results: ResultsFile) -> ModelScore:
+    def add(self, model: str, results: ResultsFile, decoded: int = 1) -> ModelScore:
+        """`model`'s score from its samples in `results`; `decoded`: how many this run decoded
+        (0: a rerun that found every sample done, which adds no history row)."""
         ids = {problem.id for problem in self.problem_set.problems}
         samples = results.samples(model, ids, self.settings.samples)
         score = score_model(model, samples, self.problem_set)
         self.samples[model] = samples
+        if decoded:
+            self.decoded.add(model)
         self.scores = [s for s in self.scores if s.model != model] + [score]
         return score
 
@@ -49,7 +54,7 @@ class EvalReport:
             if failed:
                 lines.append(f"{model}: {len(failed)} sample{'s' if len(failed) != 1 else ''} "
                              f"could not be decoded (first: {failed[0]['error']})")
-            unchecked = [s for s in samples if s.get("check_note")]
+            unchecked = [s for s in samples if s.get("check_note") and not s.get("correct")]
             if unchecked:
                 lines.append(f"{model}: {len(unchecked)} answer(s) counted wrong: "
                              f"{unchecked[0]['check_note']}")
@@ -91,20 +96,24 @@ class EvalReport:
         ]
         for other in scores[1:]:
             comparison = compare(scores[0], other)
-            lines.append(_solved_only(comparison.model_a, comparison.only_a))
-            lines.append(_solved_only(comparison.model_b, comparison.only_b))
+            lines.append(_solved_only(comparison.model_a, comparison.model_b, comparison.only_a))
+            lines.append(_solved_only(comparison.model_b, comparison.model_a, comparison.only_b))
         return lines
 
     # ---- history and export ----------------------------------------------------------------
 
-    def save(self, db_path: Path, results_path: Path | None) -> None:
-        """One history row per model that has samples."""
+    def save(self, db_path: Path, results_path: Path | None) -> list[str]:
+        """One history row per model that has samples, none failed (a failed sample is not a
+        wrong answer: the score would be too low); the models left out."""
         from localr1.store import Store
 
+        left_out = [model for model, samples in self.samples.items()
+                    if any(s.get("error") for s in samples)]
         store = Store.open(db_path)
         try:
             for score in self.scores:
-                if not score.samples:
+                if not score.samples or score.model in left_out \
+                        or score.model not in self.decoded:
                     continue
                 interval = score.pass_at_1_interval or (None, None)
                 store.add_eval_run(
@@ -120,6 +129,7 @@ class EvalReport:
                     started_at=self.started_at)
         finally:
             store.close()
+        return left_out
 
     def export_sft(self, path: Path, *, max_solved: int | None,
                    shortest: bool) -> ExportSummary:
@@ -136,8 +146,8 @@ def history_records(db_path: Path, models: tuple[str, ...] = ()) -> list[dict[st
         return []
     store = Store.open(db_path, read_only=True)
     try:
-        runs = [run for model in models for run in store.eval_runs(model=model)] if models \
-            else store.eval_runs()
+        runs = [run for model in models for run in store.eval_runs(model=model, limit=None)] \
+            if models else store.eval_runs(limit=None)
     finally:
         store.close()
     runs.sort(key=lambda run: (run.finished_at, run.id), reverse=True)
@@ -174,7 +184,7 @@ def _number(value: float | None, style: str) -> str:
     return "-" if value is None else style.format(value)
 
 
-def _solved_only(model: str, ids: tuple[str, ...]) -> str:
+def _solved_only(model: str, other: str, ids: tuple[str, ...]) -> str:
     shown = ", ".join(ids[:_IDS_SHOWN])
     more = f" and {len(ids) - _IDS_SHOWN} more" if len(ids) > _IDS_SHOWN else ""
-    return f"solved only by {model} ({len(ids)})" + (f": {shown}{more}" if ids else "")
+    return f"solved by {model}, not {other} ({len(ids)})" + (f": {shown}{more}" if ids else "")

@@ -42,46 +42,54 @@ class ResultsFile:
             self._open(path)
 
     def _open(self, path: Path) -> None:
-        earlier = self._read(path) if path.is_file() else None
+        samples = self._read(path) if path.is_file() else None
+        if samples == 0:  # only a header (a run that stopped before its first sample)
+            _truncate(path)
         self._out = open_output_for_append(path)  # drops a line a kill cut short
         try:
-            if not earlier:
+            if not samples:
                 self._write_line(self.head)
         except OSError as exc:
             raise ResultsFileError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
-    def _read(self, path: Path) -> list[dict[str, Any]] | None:
+    def _read(self, path: Path) -> int | None:
+        """Load an earlier run's samples; their count (None: an empty file)."""
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as exc:
             raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ResultsFileError(f"{path}: not a localr1 eval results file (not UTF-8)") \
-                from None
+        if not data.strip():
+            return None
+        # Decoded leniently: a kill may cut the last line inside a character. split("\n"),
+        # not splitlines(): a model's text may hold U+2028, which JSON keeps raw.
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        try:
+            first = json.loads(lines[0])
+        except json.JSONDecodeError:
+            first = None
+        if not isinstance(first, dict) or first.get("format") != FORMAT:
+            raise ResultsFileError(f"{path}: not a localr1 eval results file; give -o a new "
+                                   "file name")
         records = []
-        for line in text.splitlines():
+        for line in lines[1:]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the last line of a killed run
-            if isinstance(record, dict):
+            if isinstance(record, dict) and _key_of(record) is not None:
                 records.append(record)
-        if not records:
-            return None
-        first = records[0]
-        if first.get("format") != FORMAT:
-            raise ResultsFileError(f"{path}: not a localr1 eval results file; give -o a new "
-                                   "file name")
-        if (first.get("set_digest"), first.get("settings")) != \
-                (self.head["set_digest"], self.head["settings"]):
+        same_run = (first.get("set_digest"), first.get("settings")) == \
+            (self.head["set_digest"], self.head["settings"])
+        if not same_run and records:
             raise ResultsFileError(
                 f"{path} holds samples of another run ({_describe(first)}; this one: "
                 f"{_describe(self.head)}); use another -o file")
-        for record in records[1:]:
-            key = _key_of(record)
-            if key is not None:
-                self._samples[key] = record
-        return records
+        if not same_run:
+            return 0
+        for record in records:
+            if not record.get("error"):  # a sample that could not be decoded is tried again
+                self._samples[_key_of(record)] = record
+        return len(records)
 
     def done_keys(self) -> set[tuple[str, str, int]]:
         return set(self._samples)
@@ -95,9 +103,6 @@ class ResultsFile:
                 raise ResultsFileError(f"{self.path}: cannot write: {exc.strerror or exc}") \
                     from None
 
-    def correct_count(self, model: str) -> int:
-        return sum(1 for (name, _, _), record in self._samples.items()
-                   if name == model and record.get("correct") is True)
 
     def samples(self, model: str, problem_ids: set[str], samples: int) -> list[dict[str, Any]]:
         """`model`'s samples of these problems with a sample index below `samples`."""
@@ -139,3 +144,11 @@ def _describe(head: dict[str, Any]) -> str:
     parts += [f"{name} {value}" for name, value in sorted(settings.items())] \
         if isinstance(settings, dict) else []
     return ", ".join(parts)
+
+
+def _truncate(path: Path) -> None:
+    try:
+        with open(path, "r+b") as f:
+            f.truncate(0)
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from localr1.batch import BatchItem, BatchOptions, BatchSummary, record_seed, run_batch
@@ -64,6 +64,9 @@ class ModelRun:
     parallel: int = 1
     n_ctx_per_sequence: int = 4096
     threads: int = 0
+    # A model whose context cannot hold the prompt and --max-tokens gets what fits; the
+    # settings (and so the results file) keep what was asked.
+    max_tokens: int | None = None
 
 
 def sample_id(problem_id: str, sample: int) -> str:
@@ -126,7 +129,10 @@ def evaluate_model(run: ModelRun, problem_set: ProblemSet, settings: EvalSetting
     `results` as it finishes."""
     pending = pending_items(problem_set, settings, results.done_keys(), run.label)
     by_id = {item.id: (problem, sample) for item, problem, sample in pending}
-    options = BatchOptions(model_label=run.label, params=settings.params(),
+    params = settings.params()
+    if run.max_tokens is not None and run.max_tokens < params.max_tokens:
+        params = replace(params, max_tokens=run.max_tokens)
+    options = BatchOptions(model_label=run.label, params=params,
                            parallel=run.parallel, n_ctx_per_sequence=run.n_ctx_per_sequence,
                            threads=run.threads, seed=settings.seed)
 

@@ -8,12 +8,15 @@ with a deadline per check; see answer_worker for why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 from localr1.errors import LocalR1Error
 from localr1.evaluation import answer_worker
@@ -24,6 +27,8 @@ DEFAULT_DEADLINE_S = 10.0
 STARTUP_DEADLINE_S = 60.0
 
 _BOX_OPENING = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# What may stand between boxes that together are one answer (see last_boxed).
+_BOX_SEPARATOR = re.compile(r"(?:[\s$,]|\b(?:and|or)\b)*")
 
 
 class AnswerCheckerError(LocalR1Error):
@@ -33,18 +38,25 @@ class AnswerCheckerError(LocalR1Error):
 def last_boxed(answer: str) -> str | None:
     """The content of the last `\\boxed{...}` or `\\fbox{...}` in `answer`, nested braces
     included; None when there is none, when the last one never closes, or when it is blank.
-    A box inside a box belongs to the outer one."""
-    found = None
+    A box inside a box belongs to the outer one.
+
+    Several answers boxed one after the other ("the roots are $\\boxed{-2}$ and
+    $\\boxed{3}$") come back joined by ", " ("-2, 3", which math-verify reads as a set, as
+    open-r1's reward does): the trailing run of boxes with only whitespace, `$`, `,`, "and" or
+    "or" between them. Any other text between two boxes ("\\boxed{1}, then corrected:
+    \\boxed{2}") ends the run: the last box alone is the answer. Blank boxes add nothing."""
+    run: list[str] = []
     position = 0
     while match := _BOX_OPENING.search(answer, position):
         end = _closing_brace(answer, match.end())
         if end is None:
             return None  # an unclosed box runs to the end of the text: it is the last one
-        found = answer[match.end():end]
+        if position and not _BOX_SEPARATOR.fullmatch(answer, position, match.start()):
+            run = []
+        run.append(answer[match.end():end].strip())
         position = end + 1
-    if found is None or not found.strip():
-        return None
-    return found.strip()
+    contents = [content for content in run if content]
+    return ", ".join(contents) if contents else None
 
 
 def _closing_brace(text: str, start: int) -> int | None:
@@ -135,10 +147,14 @@ class AnswerChecker:
         parent_end, child_end = context.Pipe()
         process = context.Process(target=answer_worker.serve, args=(child_end,),
                                   name="localr1-answer-checker", daemon=True)
-        process.start()
-        child_end.close()
-        self._process, self._conn = process, parent_end
         try:
+            with _sigint_blocked():
+                try:
+                    process.start()
+                finally:
+                    child_end.close()  # the child's copy only: its exit then ends our poll
+                self._process, self._conn = process, parent_end
+            # A Ctrl+C while blocked arrives here, in the parent, and stops the child below.
             if not parent_end.poll(STARTUP_DEADLINE_S):
                 raise AnswerCheckerError(
                     f"math-verify did not start in {STARTUP_DEADLINE_S:g} s")
@@ -147,7 +163,7 @@ class AnswerChecker:
             self._stop()
             raise AnswerCheckerError("math-verify's process ended while starting") from None
         except BaseException:
-            self._stop()
+            self._stop(kill=True)  # a child still starting has nothing to finish
             raise
         if not hello.get("ready"):
             self._stop()
@@ -167,3 +183,20 @@ class AnswerChecker:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT held back from this thread, and from a child started meanwhile (the mask is
+    inherited): Ctrl+C reaches the whole process group, and a child still starting Python
+    would die of it with a traceback. answer_worker.serve ignores it, then unblocks it."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    # Started by the first spawn otherwise, and starting it unblocks SIGINT in this thread.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -41,16 +41,23 @@ def dependency_tree(root: str = "localr1") -> dict[str, str]:
     """name -> installed version, for every runtime dependency of `root` on macOS."""
     found: dict[str, str] = {}
 
-    def walk(name: str) -> None:
+    seen: set[tuple[str, str]] = set()
+
+    def walk(name: str, extras: frozenset[str] = frozenset()) -> None:
         dist = distribution(name)
         key = canonical(dist.metadata["Name"])
-        if key in found:
-            return
         found[key] = dist.version
-        for text in dist.requires or []:
-            requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate(MACOS):
-                walk(requirement.name)
+        # A dependency asked for with extras (textual needs markdown-it-py[linkify]) brings
+        # what those extras require: each (distribution, extra) is walked once.
+        for extra in ("", *sorted(extras)):
+            if (key, extra) in seen:
+                continue
+            seen.add((key, extra))
+            for text in dist.requires or []:
+                requirement = Requirement(text)
+                if requirement.marker is None or \
+                        requirement.marker.evaluate({**MACOS, "extra": extra}):
+                    walk(requirement.name, frozenset(map(canonical, requirement.extras)))
 
     walk(root)
     del found[canonical(root)]

@@ -1,6 +1,7 @@
 """Smoke-test a frozen localr1 (the PyInstaller bundle, or any `localr1` executable) from
 outside the source tree: --version, doctor, run on a scripted fixture model, `serve` answering
-one chat completion (uvicorn loads its protocol modules by name), and the TUI driven in tmux
+one chat completion (uvicorn loads its protocol modules by name), `eval` scoring a two-problem
+set (math-verify in a spawned child process of the frozen app), and the TUI driven in tmux
 (a prompt sent, the reasoning collapsed to "Thought for", the answer shown).
 
     python packaging/pyinstaller/smoke_test.py dist/localr1/localr1
@@ -91,6 +92,25 @@ def serve(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
           json.dumps(reply) + "\n" + stderr[-2000:])
 
 
+def evaluate(exe: Path, env: dict[str, str], cwd: Path) -> None:
+    """A model that always answers \\boxed{42}, on a set whose answers are 42 and 7: pass@1 is
+    0.5 only if the answer checker's child process started and math-verify judged both."""
+    model = build_scripted_model(cwd / "boxed-r1.F16.gguf", "boxed_right")
+    problems = cwd / "two.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in (
+        {"id": "six-sevens", "problem": "What is six times seven?", "answer": "42"},
+        {"id": "three-four", "problem": "What is three plus four?", "answer": "7"})))
+    result = run(exe, "eval", str(problems), "-m", str(model), "--samples", "1",
+                 "--max-tokens", "200", "--json", env=env, cwd=cwd)
+    try:
+        (score,) = json.loads(result.stdout)["models"]
+    except (ValueError, KeyError):
+        score = {}
+    check("eval scores a set with math-verify in a child process",
+          result.returncode == 0 and score.get("pass_at_1") == 0.5
+          and score.get("solved") == ["six-sevens"], result.stdout + result.stderr)
+
+
 def wait_screen(session: str, done, what: str, timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
@@ -124,6 +144,7 @@ def main() -> None:
         check("run on a fixture model", answer.returncode == 0
               and answer.stdout.strip() == ANSWER_TEXT, answer.stdout + answer.stderr)
         serve(exe, model, env, work)
+        evaluate(exe, env, work)
         tui(exe, model, env, work)
     print("smoke test passed")
 

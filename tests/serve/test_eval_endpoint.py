@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.test_eval_cli import PROBLEMS
+from tests.test_eval_cli import PROBLEMS, localr1, scores
 
 
 def test_eval_through_an_endpoint_scores_as_a_local_run(tmp_path, serve, r1_boxed_right_model):
@@ -38,3 +38,20 @@ def test_local_only_options_are_refused_with_an_endpoint(tmp_path):
         timeout=120)
     assert result.returncode == 2
     assert "--gpu-layers cannot be used with --endpoint" in result.stderr
+
+
+def test_a_failed_sample_is_tried_again_by_the_next_run(tmp_path, serve, r1_boxed_right_model):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    output = tmp_path / "samples.jsonl"
+    down = localr1("eval", problems, "--endpoint", "http://127.0.0.1:9/v1", "-m", "boxed",
+                   "--samples", "1", "--max-tokens", "200", "-o", output)
+    assert down.returncode == 1
+    assert "3 samples could not be decoded" in down.stderr
+    assert "not kept in the history" in down.stderr
+    running = serve(r1_boxed_right_model, name="boxed")
+    up = localr1("eval", problems, "--endpoint", f"{running.base_url}/v1", "-m", "boxed",
+                 "--samples", "1", "--max-tokens", "200", "-o", output, "--json")
+    assert scores(up)["boxed"]["pass_at_1"] == pytest.approx(2 / 3)
+    runs = json.loads(localr1("eval", "--history", "--json").stdout)
+    assert [run["pass_at_1"] for run in runs] == [pytest.approx(2 / 3)]

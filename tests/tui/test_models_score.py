@@ -132,6 +132,7 @@ def test_score_text_keeps_the_numbers_and_shortens_the_set_name() -> None:
     assert score_text(_record(pass_at_1=1.0, samples=128)) == "qui… 100% ×128"
     assert score_text(_record(pass_at_1=0.0, samples=64)) == "quick 0% ×64"
     assert score_text(_record(set_name="gsm8k", pass_at_1=0.92, samples=1)) == "gsm8k 92% ×1"
+    assert score_text(_record(set_name="puzzles.jsonl")) == "puzzles 83% ×4"
     assert score_text(_record(set_name="my-problems.jsonl")) == "my-pro… 83% ×4"
     assert score_text(_record(set_name="a\x1b[31mb")) == "a\\x1b[… 83% ×4"
     assert all(len(score_text(_record(set_name="x" * n, samples=k))) <= SCORE_WIDTH

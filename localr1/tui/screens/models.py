@@ -336,6 +336,7 @@ def score_text(run: EvalRunRecord, width: int = SCORE_WIDTH) -> str:
     """"quick 83% ×4": the set, pass@1 and K; the set's name shortened to fit `width`."""
     numbers = f"{run.pass_at_1:.0%} ×{run.samples}"
     name = visible_controls(" ".join(run.set_name.split()))
+    name = name.removesuffix(".jsonl")  # a user's file: its name says enough
     room = max(1, width - len(numbers) - 1)
     if len(name) > room:
         name = name[:room - 1] + "…"
