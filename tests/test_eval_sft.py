@@ -271,6 +271,55 @@ def test_a_full_device_is_a_one_line_error_and_stays_a_device():
     assert not [p for p in Path("/dev").iterdir() if p.name.startswith(".full.")]
 
 
+# `localr1 eval ... --export-sft /dev/stdout >> all.jsonl`: the score table, then the export,
+# both through the shell's file.
+STDOUT_SCRIPT = """
+import json, sys
+from localr1.evaluation.problems import Problem
+from localr1.evaluation.sft_export import export_sft
+
+print("the score table", flush=True)
+export_sft([json.loads(sys.argv[1])], {"p1": Problem("p1", "What is 6 times 7?", "42")},
+           "/dev/stdout")
+"""
+
+
+def test_dev_stdout_sent_to_a_file_is_appended_to_not_replaced(tmp_path):
+    out = tmp_path / "all.jsonl"
+    out.write_text("an earlier export\n")
+    inode = out.stat().st_ino
+    with open(out, "a") as stdout:
+        result = subprocess.run([sys.executable, "-c", STDOUT_SCRIPT, json.dumps(sample())],
+                                stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[:2] == ["an earlier export", "the score table"]
+    assert [json.loads(line)["problem_id"] for line in lines[2:]] == ["p1"]
+    assert out.stat().st_ino == inode  # the same file, not one renamed over it
+    assert os.listdir(tmp_path) == ["all.jsonl"]
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
+def test_a_plain_file_under_dev_is_written_through_and_replaced():
+    out = Path("/dev/shm") / f"localr1-sft-{os.getpid()}.jsonl"
+    try:
+        for _ in range(2):
+            export_sft([sample()], PROBLEMS, out)
+        assert [json.loads(line)["problem_id"] for line in out.read_text().splitlines()] == \
+            ["p1"]
+    finally:
+        out.unlink(missing_ok=True)
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def test_text_that_is_no_unicode_is_kept_escaped(tmp_path):
+    # A lone surrogate (from a model's broken UTF-8, read back by json.loads) cannot be UTF-8.
+    summary, records, text = export(tmp_path, [sample(reasoning="half a pair: \udc80")])
+    assert summary.written == 1
+    assert records[0]["reasoning"] == "half a pair: \udc80"
+    assert "\\udc80" in text
+
+
 def test_a_symlink_keeps_pointing_at_the_replaced_file(tmp_path):
     target = tmp_path / "real.jsonl"
     target.write_text("old\n")

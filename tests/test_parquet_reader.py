@@ -259,7 +259,8 @@ def _typed(value) -> tuple[str, object]:
         return "map", value
     if isinstance(value, list):
         kind = _typed(value[0])[0] if value else "i32"
-        return "list", ("true" if kind == "false" else kind, [_typed(item)[1] for item in value])
+        kind = "true" if kind == "false" else kind
+        return "list", (kind, [_typed(item)[1] for item in value])
     return "struct", {field_id: _typed(item) for field_id, item in value.items()}
 
 
@@ -270,13 +271,15 @@ def _footer_of(data: bytes) -> tuple[dict, int]:
 
 
 def _paths(value, path=()):
-    """Where every value of a footer sits: a path of field ids and list indices."""
-    if path:
-        yield path
-    items = value.items() if isinstance(value, dict) else \
-        enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        yield from _paths(item, (*path, key))
+    """Where every field of a footer sits: a path of field ids and list indices. (A list's
+    elements share one type: a whole list is replaced, never one element.)"""
+    if isinstance(value, dict):
+        for field_id, item in value.items():
+            yield (*path, field_id)
+            yield from _paths(item, (*path, field_id))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, (*path, index))
 
 
 def _replaced(meta: dict, path: tuple, value) -> dict:
@@ -299,13 +302,16 @@ def test_every_footer_field_holding_another_type_is_one_line(tmp_path, name):
     data = (FIXTURES / f"{name}.parquet").read_bytes()
     meta, start = _footer_of(data)
     columns = list(EXPECTED[name][0])
+
+    def with_footer(footer_meta: dict) -> bytes:
+        footer = _struct(_typed(footer_meta)[1])
+        return data[:start] + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+
+    assert _read(tmp_path, with_footer(meta), columns) == EXPECTED[name]  # written faithfully
     for path in _paths(meta):
         for value in _OTHER_VALUES:
-            footer = _struct({key: _typed(item) for key, item in
-                              _replaced(meta, path, value).items()})
-            damaged = data[:start] + footer + len(footer).to_bytes(4, "little") + b"PAR1"
             try:
-                _read(tmp_path, damaged, columns)
+                _read(tmp_path, with_footer(_replaced(meta, path, value)), columns)
             except ParquetError as exc:
                 assert "\n" not in str(exc)
 

@@ -157,7 +157,7 @@ def normalized(text: str) -> str:
 @functools.lru_cache(maxsize=GOLD_CACHE_SIZE)
 def parsed_gold(gold: str) -> list:
     """The reference as math-verify reads it (callers must not change the list: it is cached).
-    References come as bare LaTeX ("\frac{1}{2}") or numbers; math-verify's LaTeX extraction
+    References come as bare LaTeX ("\\frac{1}{2}") or numbers; math-verify's LaTeX extraction
     wants math delimiters, the expression one reads "1/2" or "1,000" as is."""
     return _parse(f"${gold}$") or _parse(gold)
 

@@ -77,6 +77,9 @@ def read_rows(path: Path | str, columns: list[str] | tuple[str, ...]) -> list[di
     except (_Invalid, ThriftError, snappy_codec.SnappyError, struct.error, zlib.error) as exc:
         raise ParquetError(shown_name(f"{path}: not a readable Parquet file ({exc})",
                                       _MESSAGE_CHARS)) from None
+    except (TypeError, ValueError) as exc:  # a value of a type no check above expected
+        raise ParquetError(shown_name(f"{path}: not a readable Parquet file "
+                                      f"({type(exc).__name__}: {exc})", _MESSAGE_CHARS)) from None
     except _Unsupported as exc:  # names from the file: control characters shown, not sent
         raise ParquetError(shown_name(f"{path}: {exc}", _MESSAGE_CHARS)) from None
 
@@ -144,6 +147,8 @@ def _top_level_columns(elements: list) -> dict[str, _Column | None]:
 def _column(name: str, element: dict, optional: bool) -> _Column:
     physical = _field(element, 1, int, f"type of '{name}'")
     converted = element.get(6)
+    if not isinstance(converted, int):
+        converted = None  # a converted type that is no number annotates nothing
     logical = element.get(10) if isinstance(element.get(10), dict) else {}
     text = physical == _BYTE_ARRAY and (converted in _TEXT_CONVERTED
                                         or bool(_TEXT_LOGICAL & set(logical)))

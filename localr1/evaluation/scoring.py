@@ -1,6 +1,6 @@
 """DeepSeek-R1's rule-based reward for one sample: the accuracy rule (the last `\\boxed{}` of
-the answer, checked against the reference with math-verify) and the format rule (a closed,
-non-empty think block with an answer after it).
+the answer, or its last run of boxes joined, checked against the reference with math-verify)
+and the format rule (a closed, non-empty think block with an answer after it).
 
 math-verify runs in a spawned child process (never forked: the parent has llama.cpp loaded)
 with a deadline per check; see answer_worker for why.

@@ -178,10 +178,12 @@ def _texts(record: Mapping) -> tuple[str, str]:
 
 def _write(path: Path, records: Iterable[dict]) -> None:
     try:
-        if path.exists() and not path.is_file():
-            # A device or a pipe (/dev/stdout, /dev/full, a FIFO): there is nothing to rename
-            # over (and a rename would replace the device itself), so write through.
-            with open(path, "w", encoding="utf-8", newline="\n") as f:
+        if _written_through(path):
+            # An alias of an open descriptor (/dev/stdout, /dev/fd/3) goes on from where the
+            # shell's `>` or `>>` left its file: what was printed before (the score table) stays.
+            mode = "a" if path.is_symlink() else "w"
+            with open(path, mode, encoding="utf-8", newline="\n",
+                      errors="backslashreplace") as f:
                 f.writelines(map(json_line, records))
         else:
             _write_atomically(path.resolve(), records)  # a symlink's target, not the link
@@ -190,12 +192,24 @@ def _write(path: Path, records: Iterable[dict]) -> None:
             from None
 
 
+def _written_through(path: Path) -> bool:
+    """Whether to write into `path` itself rather than rename a new file over it: a device or
+    a pipe (/dev/full, a FIFO: a rename would replace the device), and anything under /dev/ or
+    /proc/, judged before symlinks are followed: /dev/stdout leads to the shell's regular file
+    when output goes to one, and replacing that file would lose it and all printed before."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    return path.exists() and not path.is_file()
+
+
 def _write_atomically(path: Path, records: Iterable[dict]) -> None:
     """Write to a temporary file beside `path` and rename it at the end: an interrupted export
     leaves the old file (or none), never half of one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8", newline="\n") as f:
+        # A lone surrogate (no Unicode, but valid in JSON) is written as JSON's \\udXXX escape.
+        with open(temporary, "w", encoding="utf-8", newline="\n",
+                  errors="backslashreplace") as f:
             f.writelines(map(json_line, records))
             f.flush()
             os.fsync(f.fileno())

@@ -113,4 +113,11 @@ def _zigzag(n: int) -> int:
 
 
 def _hashable(key: object) -> object:
-    return tuple(key) if isinstance(key, list) else key
+    """A map key as a dict key: a list becomes a tuple; a struct or a map cannot be one."""
+    if isinstance(key, list):
+        key = tuple(key)
+    try:
+        hash(key)
+    except TypeError:
+        raise ThriftError("a map key holds a struct or a map") from None
+    return key
