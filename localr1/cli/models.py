@@ -197,7 +197,9 @@ def _installed_fields(model: InstalledModel, machine: MachineMemory, catalog: Ca
     summary = model.summary
     sha256 = model.sha256
     if sha256 is None and compute_hash and len(model.files) == 1:
-        sha256 = _sha256_file(model.path)
+        from localr1.models.part_writer import file_sha256
+
+        sha256 = file_sha256(model.path)
     fit = assess(shape_from_summary(summary), default_context_size(), machine)
     entry = catalog.find(model.catalog_name) if model.catalog_name else None
     fields: dict[str, Any] = {
@@ -268,16 +270,6 @@ def chat_template_variant(template: str | None) -> str:
     if "<|start_header_id|>" in template:
         return "Llama 3"
     return f"other ({len(template)} characters)"
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- rm --------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ asked and a damaged cache is caught before a single problem is read.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from localr1.models.hub_resolve import (
     remote_files,
 )
 from localr1.models.hub_transfer import DownloadOptions
+from localr1.models.part_writer import file_sha256
 from localr1.models.pull_events import Notice, OnEvent, ignore_event
 from localr1.models.safe_paths import join_inside, shown_name
 from localr1.sizes import format_bytes
@@ -136,20 +136,12 @@ def _cached_source(spec: PublicSet, folder: Path, path: Path) -> dict | None:
             or record.get("path") != spec.path or not _COMMIT.match(str(record.get("commit"))) \
             or not path.is_file():
         return None
-    if path.stat().st_size == record.get("size") and _sha256(path) == record.get("sha256"):
+    if path.stat().st_size == record.get("size") and file_sha256(path) == record.get("sha256"):
         return record
     record_path.unlink(missing_ok=True)  # so the next run downloads it anew
     raise ProblemSetError(f"{path}: the cached {spec.name} set is damaged (it no longer "
                           f"matches {spec.repo}@{str(record['commit'])[:12]}); run again to "
                           "download it anew")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(spec: PublicSet, folder: Path, path: Path, on_event: OnEvent,

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 WRITEBACK_EVERY = 64 << 20
 
 
+def file_sha256(path: Path) -> str:
+    """A whole file's sha256, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def hexdigests(digests: list) -> tuple[str, str | None]:
     """(sha256, git sha1 or None) from the digests a download keeps."""
     return digests[0].hexdigest(), digests[1].hexdigest() if len(digests) > 1 else None
