@@ -74,6 +74,7 @@ def test_model_score_exact():
     # the failed sample has no tokens and no time: the means are over the 14 others
     assert score.mean_reasoning_tokens == pytest.approx((10 + 10 + 30 + 30 + 10 * 10) / 14)
     assert score.mean_seconds == pytest.approx((12 * 1.0 + 2 * 2.0) / 14)
+    assert score.seconds_per_problem == pytest.approx((12 * 1.0 + 2 * 2.0) / 4)
 
 
 def test_to_json_is_plain_data():

@@ -30,6 +30,9 @@ class ModelScore:
     format_rate: float
     mean_reasoning_tokens: float | None  # both means are over the samples that decoded
     mean_seconds: float | None
+    # Decoding time of all of a problem's samples, averaged over problems (under --parallel
+    # the samples overlap, so the wall clock spent is less).
+    seconds_per_problem: float | None
     attempted: tuple[str, ...]  # problem ids with samples, in the set's order
     solved: tuple[str, ...]  # problem ids whose majority vote is correct, in the set's order
 
@@ -46,6 +49,7 @@ class ModelScore:
             "format_rate": self.format_rate,
             "mean_reasoning_tokens": self.mean_reasoning_tokens,
             "mean_seconds": self.mean_seconds,
+            "seconds_per_problem": self.seconds_per_problem,
             "attempted": list(self.attempted),
             "solved": list(self.solved),
         }
@@ -95,6 +99,7 @@ def score_model(model: str, records: Iterable[Record], problem_set: ProblemSet) 
         format_rate=_fraction(all_samples, _format_ok),
         mean_reasoning_tokens=_mean(all_samples, "reasoning_tokens"),
         mean_seconds=_mean(all_samples, "seconds"),
+        seconds_per_problem=_mean_sum(per_problem, "seconds"),
         attempted=attempted,
         solved=solved,
     )
@@ -167,6 +172,12 @@ def _answer_key(record: Record) -> str | None:
 
 def _fraction(records: list[Record], rule) -> float:
     return sum(rule(r) for r in records) / len(records) if records else 0.0
+
+
+def _mean_sum(per_problem: list[list[Record]], field: str) -> float | None:
+    sums = [sum(r[field] for r in problem if r.get(field) is not None and not r.get("error"))
+            for problem in per_problem]
+    return statistics.fmean(sums) if sums else None
 
 
 def _mean(records: list[Record], field: str) -> float | None:

@@ -92,6 +92,7 @@ class EvalReport:
             row("format", [_percent(s.format_rate) for s in scores]),
             row("reasoning tokens", [_number(s.mean_reasoning_tokens, "{:.0f}") for s in scores]),
             row("seconds / sample", [_number(s.mean_seconds, "{:.2f}") for s in scores]),
+            row("seconds / problem", [_number(s.seconds_per_problem, "{:.2f}") for s in scores]),
             row("problems", [f"{s.problems} x {s.samples_per_problem}" for s in scores]),
         ]
         for other in scores[1:]:
