@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from localr1.errors import ConfigError
+from localr1.rpc_endpoints import WorkerError, parse_endpoints
 
 # DeepSeek's recommendation for R1 and its distills: temperature 0.6, top_p 0.95, nothing else.
 # top_k and min_p are written out (and disabled) so llama.cpp's generic defaults
@@ -48,6 +49,7 @@ class Settings:
     draft_model: str | None = None  # a model name, GGUF path or "lookup" (speculative decoding)
     draft_max: int = 16  # tokens drafted per step at most (llama.cpp's --draft-max)
     draft_min: int = 0  # fewer drafted tokens than this are not worth a target pass
+    rpc: tuple[str, ...] = ()  # "host:port" of `localr1 worker`s that take part of the layers
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +158,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "draft_model": (str,),
     "draft_max": (int,),
     "draft_min": (int,),
+    "rpc": (list, tuple),
 }
 
 # The KV cache element types offered (llama.cpp's GGML types; quantized V needs flash attention).
@@ -197,6 +200,8 @@ def checked_setting(key: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, expected):
         names = " or ".join(t.__name__ for t in expected)
         raise ValueError(f"must be {names}, not {type(value).__name__}")
+    if key == "rpc":
+        return _checked_endpoints(value)
     test, problem = _RANGES.get(key, (lambda _: True, ""))
     if float in expected:
         try:
@@ -206,6 +211,19 @@ def checked_setting(key: str, value: Any) -> Any:
     if not test(value):
         raise ValueError(problem)
     return value
+
+
+def _checked_endpoints(value: list | tuple) -> tuple[str, ...]:
+    """The workers as the RPC backend will take them (a tuple: Settings is frozen); an empty
+    list is no workers."""
+    if not value:
+        return ()
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError('must list workers as strings ("host:port")')
+    try:
+        return parse_endpoints(value)
+    except WorkerError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _typed_values(cls: type, data: dict[str, Any], section: str | None, fail) -> dict[str, Any]:
@@ -218,8 +236,9 @@ def _typed_values(cls: type, data: dict[str, Any], section: str | None, fail) ->
                        f"known: {', '.join(sorted(known))}")
         try:
             values[key] = checked_setting(key, value)
-        except ValueError as exc:
-            raise fail(key, section, f"'{key}' {exc}") from None
+        except ValueError as exc:  # "'top_p' must be ...", "'rpc': a:b: the port must ..."
+            glue = " " if str(exc).startswith("must") else ": "
+            raise fail(key, section, f"'{key}'{glue}{exc}") from None
     return values
 
 
@@ -271,4 +290,6 @@ def _toml_line(key: str, value: Any) -> str:
         return f"# {key} = (not set)"
     if isinstance(value, str):
         return f'{key} = "{value}"'
+    if isinstance(value, tuple):
+        return f"{key} = {json.dumps(list(value))}"  # a JSON list of strings is TOML
     return f"{key} = {value}"

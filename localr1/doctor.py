@@ -42,6 +42,7 @@ def run_checks(paths: AppPaths, *, model_given: bool = False) -> list[Check]:
     checks.append(llama)
     if llama.status != "fail":
         checks.extend(_check_backend())
+        checks.append(_check_rpc())
     checks.append(_check_memory())
     checks.extend(_check_paths(paths))
     settings_check, settings = _check_config(paths)
@@ -83,6 +84,17 @@ def _check_backend() -> list[Check]:
     else:
         checks.append(Check("GPU offload", "ok", "none (CPU only; no supported GPU found)"))
     return checks
+
+
+def _check_rpc() -> Check:
+    """Whether `localr1 worker` and `--rpc` can work: llama.cpp's RPC backend is a build option."""
+    from localr1.engine import rpc_backend
+
+    if rpc_backend.rpc_supported():
+        return Check("RPC", "ok", "yes (localr1 worker and --rpc can split a model over machines)")
+    return Check("RPC", "warn", "no: this llama-cpp-python was built without the RPC backend "
+                                "(localr1 worker and --rpc need it)",
+                 f"rebuild with RPC: {rpc_backend.reinstall_command()}")
 
 
 def _llama_cpp_version() -> str:

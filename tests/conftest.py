@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
@@ -15,12 +16,20 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
+from localr1.engine.rpc_backend import reinstall_command, rpc_supported  # noqa: E402
 from tests.fixtures.scripted_models import (  # noqa: E402
     LOOP_CONTEXT_LENGTH,
     build_scripted_model,
 )
 
 SMOLLM2_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The RPC tests (`localr1 worker`, `--rpc`) need llama-cpp-python built with -DGGML_RPC=on; a
+# developer's plain build skips them, and CI (.ci/run sets LOCALR1_REQUIRE_RPC=1) runs them,
+# so there they fail rather than skip.
+requires_rpc = pytest.mark.skipif(
+    not rpc_supported() and not os.environ.get("LOCALR1_REQUIRE_RPC"),
+    reason=f"this llama-cpp-python has no RPC backend; rebuild it: {reinstall_command()}")
 
 # Batched prompt evaluation of a quantized model, run in a child process: a llama.cpp built with
 # instructions the CPU (or VM) cannot execute dies with SIGILL, which would otherwise kill the

@@ -84,6 +84,7 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     )
     from localr1.cli.main import gpu_layers_option_value, no_model_message
     from localr1.config import load_settings
+    from localr1.engine import ggml_abort
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model, record_use
     from localr1.models.decode_options import draft_name
@@ -148,6 +149,8 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
                                    f"{exc.strerror or exc}") from None
 
     progress = _Progress() if sys.stderr.isatty() else None
+    if progress:  # a lost RPC worker's line (printed from llama.cpp's thread) starts a line
+        ggml_abort.set_before_abort(progress.clear)
     cancel = threading.Event()
     try:
         with engine:

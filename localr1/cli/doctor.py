@@ -22,7 +22,7 @@ _MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 @click.option("--json", "json_output", is_flag=True, help="Print the checks as JSON.")
 @engine_options
 def doctor(model: str | None, json_output: bool, engine_flags: EngineFlags) -> None:
-    """Check the install: llama.cpp build, GPU offload, memory, paths, config.
+    """Check the install: llama.cpp build, GPU offload, RPC, memory, paths, config.
 
     --draft, --kv-type and the like apply to the --model test."""
     import json

@@ -1,6 +1,7 @@
 """Options for how a local model is loaded and decoded, shared by `run`, `chat`, `batch`,
 `serve` and `doctor --model`: speculative decoding (`--draft MODEL|lookup|none`,
-`--draft-max`, `--draft-min`) and the KV cache (`--flash-attn`, `--kv-type`).
+`--draft-max`, `--draft-min`), the KV cache (`--flash-attn`, `--kv-type`) and RPC workers that
+take part of the layers (`--rpc HOST:PORT[,HOST:PORT...]`).
 
 Each value is checked by config.checked_setting, as in config.toml, and wins over it. The
 command receives them as one `engine_flags: EngineFlags` argument."""
@@ -35,18 +36,19 @@ class EngineFlags:
     draft_min: int | None = None
     flash_attn: str | None = None
     kv_type: str | None = None
+    rpc: tuple[str, ...] | None = None
 
     def local_only(self) -> dict[str, Any]:
         """The flags by their option names, for refusing them with --endpoint."""
         return {"--draft": self.draft, "--draft-max": self.draft_max,
                 "--draft-min": self.draft_min, "--flash-attn": self.flash_attn,
-                "--kv-type": self.kv_type}
+                "--kv-type": self.kv_type, "--rpc": self.rpc}
 
     def typed_settings(self) -> dict[str, Any]:
         """The flags given, by their Settings field names."""
         typed = {"draft_model": self.draft, "draft_max": self.draft_max,
                  "draft_min": self.draft_min, "flash_attn": self.flash_attn,
-                 "kv_type": self.kv_type}
+                 "kv_type": self.kv_type, "rpc": self.rpc}
         return {name: value for name, value in typed.items() if value is not None}
 
     def settings_over(self, settings: Settings) -> Settings:
@@ -67,15 +69,27 @@ class EngineFlags:
                                    f"({merged.draft_max})")
         return {"draft": resolve_draft(merged.draft_model, models_dir),
                 "draft_max": merged.draft_max, "draft_min": merged.draft_min,
-                "flash_attn": merged.flash_attn, "kv_type": merged.kv_type}
+                "flash_attn": merged.flash_attn, "kv_type": merged.kv_type, "rpc": merged.rpc}
 
 
-_NAMES = ("draft", "draft_max", "draft_min", "flash_attn", "kv_type")
+_NAMES = ("draft", "draft_max", "draft_min", "flash_attn", "kv_type", "rpc")
+
+
+def check_rpc(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    """`--rpc a:1,b:2` as the rpc setting's tuple, checked like config.toml's `rpc`."""
+    if value is None:
+        return None
+    from localr1.config import checked_setting
+
+    try:
+        return checked_setting("rpc", [part.strip() for part in value.split(",")])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None  # it names the bad worker
 
 
 def engine_options(command: F) -> F:
-    """--draft, --draft-max, --draft-min, --flash-attn and --kv-type, handed to the command
-    as `engine_flags`."""
+    """--draft, --draft-max, --draft-min, --flash-attn, --kv-type and --rpc, handed to the
+    command as `engine_flags`."""
 
     @functools.wraps(command)
     def with_flags(*args: Any, **kwargs: Any) -> Any:
@@ -100,6 +114,10 @@ def engine_options(command: F) -> F:
         click.option("--kv-type", type=click.Choice(KV_TYPES), callback=setting_check("kv_type"),
                      help="The KV cache's element type: q8_0 about halves its memory, q4_0 "
                           "quarters it (quantized needs flash attention; default f16)."),
+        click.option("--rpc", metavar="HOST:PORT[,HOST:PORT...]", callback=check_rpc,
+                     help="Split the model's layers between this machine and these `localr1 "
+                          "worker`s, by free memory (--gpu-layers N: N layers to the workers; "
+                          "default: config's rpc)."),
     )
     for option in reversed(options):
         with_flags = option(with_flags)

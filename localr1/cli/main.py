@@ -215,6 +215,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     """
     from localr1.cli.turn_printer import TurnPrinter
     from localr1.config import load_settings
+    from localr1.engine import ggml_abort
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model, record_use
     from localr1.models.decode_options import draft_name
@@ -255,6 +256,8 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
     params = GenerationParams.from_settings(settings, answer_grammar=answer_grammar, **sampling)
     printer = TurnPrinter(show_reasoning=not hide_reasoning, json_output=json_output,
                           remote=endpoint is not None, draft=draft_label)
+    # A lost RPC worker ends the process from llama.cpp's thread: its line must start a line.
+    ggml_abort.set_before_abort(lambda: (printer.err.end_line(), printer.out.end_line()))
     if engine.info.format_note:
         printer.note(engine.info.format_note)
     with engine:
@@ -263,7 +266,7 @@ def run(prompt: tuple[str, ...], model: str | None, system: str | None, max_toke
             printer.handle(event)
     if json_output:
         safe_echo(printer.as_json(model_label, conversation_id=printer.conversation_id,
-                                  params=params))
+                                  params=params, placement=engine.info.placement))
     if not printer.result.answer.strip():
         stats = printer.result.stats
         why = "it stopped while still reasoning" if stats and stats.reasoning_truncated \
@@ -398,6 +401,7 @@ def _register_command_groups() -> None:
     from localr1.cli.history import history
     from localr1.cli.models import import_models, list_models, pull, rm, show
     from localr1.cli.serve import serve
+    from localr1.cli.worker import worker
 
     cli.add_command(history)
     cli.add_command(batch)
@@ -410,6 +414,7 @@ def _register_command_groups() -> None:
     cli.add_command(import_models)
     cli.add_command(serve)
     cli.add_command(eval_command)
+    cli.add_command(worker)
 
 
 _register_command_groups()

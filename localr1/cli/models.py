@@ -1,7 +1,8 @@
 """`localr1 pull | list | show | rm | import`: the models on disk and on the Hub.
 
 Thin, like cli/main.py: the work is in localr1.models (listing and pull_plan build what is
-shown, for the TUI too); these commands print.
+shown, for the TUI too); these commands print. `list` and `show` take `--rpc` like `run`: the
+fit labels then count those workers (default: config.toml's `rpc`, which `pull` counts too).
 Results go to stdout, progress and notes to stderr. Imports stay inside the commands so
 `localr1 --help` stays cheap.
 """
@@ -15,12 +16,25 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from localr1.cli.engine_options import check_rpc
 from localr1.terminal_text import safe_confirm, safe_echo
 
 if TYPE_CHECKING:
     from localr1.models.catalog import Catalog, CatalogEntry
-    from localr1.models.fit import MachineMemory
+    from localr1.models.fit import MachineMemory, RpcWorkers
     from localr1.models.registry import InstalledModel
+
+rpc_option = click.option(
+    "--rpc", metavar="HOST:PORT[,HOST:PORT...]", callback=check_rpc,
+    help="Count these `localr1 worker`s' free memory in the fit labels, as `run --rpc` would "
+         "split the model (default: config's rpc).")
+
+
+def _warn_workers(workers: RpcWorkers | None) -> None:
+    """Why the fit labels count this machine alone, once, on stderr."""
+    if workers is not None and workers.problem:
+        safe_echo(f"localr1: {workers.problem}; the fit labels count this machine only",
+                  err=True)
 
 
 # ---- pull ------------------------------------------------------------------------------------
@@ -50,6 +64,7 @@ def pull(name: str, yes: bool) -> None:
     plan = planned.plan
     if planned.warning:
         safe_echo(f"localr1: warning: {planned.warning}", err=True)
+    _warn_workers(planned.fit.workers)
     safe_echo(f"{plan.name}: {plan.repo} ({planned.size_text}); {planned.fit_text}", err=True)
     if planned.too_large_question and not yes:
         safe_confirm(planned.too_large_question, err=True)
@@ -95,25 +110,29 @@ def _draft_tip(model: InstalledModel, models_dir: Path) -> str | None:
               help="List the catalog instead, marking what is installed and the quant "
                    "recommended for this machine (fits, and decodes at a usable speed).")
 @click.option("--json", "json_output", is_flag=True, help="Print JSON.")
-def list_models(available: bool, json_output: bool) -> None:
+@rpc_option
+def list_models(available: bool, json_output: bool, rpc: tuple[str, ...] | None) -> None:
     """List installed models (or, with --available, the catalog)."""
+    from localr1.models.fit import machine_memory
     from localr1.models.listing import catalog_rows, installed_rows
     from localr1.paths import app_paths
     from localr1.sizes import format_bytes
 
     models_dir = app_paths().models_dir
+    machine = None if rpc is None else machine_memory(rpc=rpc)  # None: rows probe config's
     if available:
         from localr1.models.catalog import load_catalog
 
-        rows = catalog_rows(load_catalog(), models_dir)
+        rows = catalog_rows(load_catalog(), models_dir, machine)
         headers = ("NAME", "SIZE", "PARAMS", "FIT", "SPEED", "NOTES")
         cells = [(r.name, format_bytes(r.entry.size_bytes), r.entry.model.parameters,
                   r.fit_label, r.fit.speed_text, r.notes) for r in rows]
     else:
-        rows = installed_rows(models_dir)
+        rows = installed_rows(models_dir, machine)
         headers = ("NAME", "SIZE", "QUANT", "PARAMS", "FIT", "SPEED", "LAST USED")
         cells = [(r.name, format_bytes(r.model.size_bytes), r.quant, r.parameters, r.fit_label,
                   r.speed, r.last_used) for r in rows]
+    _warn_workers(next((row.fit.workers for row in rows if row.fit), None))
     if json_output:
         click.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
@@ -140,7 +159,8 @@ def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print JSON.")
 @click.option("--hash", "compute_hash", is_flag=True,
               help="Compute the sha256 if it was never recorded (reads the whole file).")
-def show(name: str, json_output: bool, compute_hash: bool) -> None:
+@rpc_option
+def show(name: str, json_output: bool, compute_hash: bool, rpc: tuple[str, ...] | None) -> None:
     """Show a model: path, sha256, GGUF metadata, chat template, fit (or its catalog entry)."""
     from localr1.models.catalog import load_catalog
     from localr1.models.fit import machine_memory
@@ -150,7 +170,8 @@ def show(name: str, json_output: bool, compute_hash: bool) -> None:
     catalog = load_catalog()
     paths = app_paths()
     model = find_installed(name, paths.models_dir, catalog=catalog)
-    machine = machine_memory()
+    machine = machine_memory() if rpc is None else machine_memory(rpc=rpc)
+    _warn_workers(machine.workers)
     if model is None:
         entry = catalog.find(name)
         if entry is None:

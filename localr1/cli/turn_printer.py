@@ -125,7 +125,7 @@ class TurnPrinter:
             self.err.stream.flush()
 
     def as_json(self, model: str, conversation_id: int | None = None,
-                params: GenerationParams | None = None) -> str:
+                params: GenerationParams | None = None, placement: str | None = None) -> str:
         stats = self.result.stats
         assert stats is not None
         data = asdict(stats)
@@ -156,4 +156,6 @@ class TurnPrinter:
             "speculative": speculative_summary(stats, self.draft),
             # The sampling this turn used: flags, else the conversation's, else config.toml.
             "params": params.recorded() if params is not None else None,
+            # Where the layers ran: "CPU", "CUDA 29/29 layers", "CPU 10 layers · RPC h:p 21 layers".
+            "placement": placement,
         }, ensure_ascii=False)

@@ -5,6 +5,7 @@ Drafter protocol: per sequence, a view of the context kept in step by reset/prop
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 from localr1.engine.decode_loop import put_token
@@ -18,14 +19,21 @@ DRAFT_BATCH = 512
 class DraftModel:
     """A draft GGUF loaded once per Engine; each decode loop gets its own context on it."""
 
-    def __init__(self, path: Path, gpu_layers: int) -> None:
+    def __init__(self, path: Path, gpu_layers: int, *, cpu_only: bool = False) -> None:
+        """`cpu_only`: on this machine's CPU with no device at all, for a model split over RPC
+        workers. llama.cpp uses every registered device: the draft's layers would go to the
+        workers (uncounted, a network trip per drafted token), and even with none offloaded
+        it would list the workers as the draft's devices."""
         import llama_cpp
 
         self._llama_cpp = llama_cpp
         self.path = path
         self.header = read_gguf_header(path)  # before llama.cpp: it may abort on bad files
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = gpu_layers
+        params.n_gpu_layers = 0 if cpu_only else gpu_layers
+        no_devices = (ctypes.c_void_p * 1)()  # an empty NULL-terminated list: not "all" (NULL)
+        if cpu_only:
+            params.devices = ctypes.addressof(no_devices)
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise ModelLoadError(f"{path.name}: llama.cpp could not load this draft model")

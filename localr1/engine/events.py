@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from localr1.config import Settings
+from localr1.engine.rpc_split import LayerSplit
 
 # "repetition": the engine stopped a turn that kept repeating the same span of tokens.
 FinishReason = Literal["stop", "length", "cancelled", "repetition"]
@@ -71,10 +72,14 @@ class ModelInfo:
     flash_attn: str = "auto"  # as requested: "auto" | "on" | "off"
     kv_type: str = "f16"
     draft: str | None = None  # the draft model's name, "lookup", or None (no speculation)
+    layer_split: LayerSplit | None = None  # with RPC workers (--rpc): the layers per device
 
     @property
     def placement(self) -> str:
-        """Where the model runs, as shown in headers: 'CPU' or 'GPU 20/29 layers (CUDA)'."""
+        """Where the model runs, as shown in headers: 'CPU', 'GPU 20/29 layers (CUDA)' or
+        with workers 'CPU 10 layers · RPC 127.0.0.1:50052 11 layers · ...'."""
+        if self.layer_split is not None:
+            return self.layer_split.placement
         if self.gpu_layers <= 0:
             return "CPU"
         total = self.n_layers + 1

@@ -34,6 +34,7 @@ from localr1.engine.events import (
     ModelInfo,
 )
 from localr1.engine.loading import (
+    check_device_memory,
     check_memory,
     context_size,
     load_llama,
@@ -45,6 +46,7 @@ from localr1.engine.prompting import (
     fit_to_context,
     reply_reserve,
 )
+from localr1.engine.rpc_split import LayerSplit, SplitDevice, plan_split
 from localr1.engine.thread_policy import ThreadChoice, ThreadGovernor, choose_threads
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader, read_gguf_header
@@ -70,6 +72,7 @@ class EngineConfig:
     draft: Path | str | None = None
     draft_max: int = 16
     draft_min: int = 0
+    rpc: tuple[str, ...] = ()  # `localr1 worker` endpoints that take part of the layers
 
     @classmethod
     def from_settings(cls, model_path: Path, settings: Settings, **overrides) -> EngineConfig:
@@ -78,7 +81,8 @@ class EngineConfig:
         values = dict(context_size=settings.context_size, gpu_layers=settings.gpu_layers,
                       threads=settings.threads, chat_format=settings.chat_format,
                       flash_attn=settings.flash_attn, kv_type=settings.kv_type,
-                      draft_max=settings.draft_max, draft_min=settings.draft_min)
+                      draft_max=settings.draft_max, draft_min=settings.draft_min,
+                      rpc=settings.rpc)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(Path(model_path), **values)
 
@@ -112,19 +116,23 @@ class Engine:
         n_ctx = context_size(config.context_size, header.context_length)
         estimate = hardware.estimate_memory(header, n_ctx, config.kv_type)
         backend = hardware.backend_info()
-        gpu_layers = hardware.plan_gpu_layers(config.gpu_layers, estimate, backend,
-                                              hardware.gpu_free_bytes(backend)
-                                              if config.gpu_layers == "auto" else None)
+        layer_split = _rpc_split(config, estimate, backend) if config.rpc else None
+        gpu_layers = layer_split.offloaded if layer_split else hardware.plan_gpu_layers(
+            config.gpu_layers, estimate, backend,
+            hardware.gpu_free_bytes(backend) if config.gpu_layers == "auto" else None)
         draft_path = config.draft if isinstance(config.draft, Path) else None
         if config.check_memory:
             draft_header = read_gguf_header(draft_path) if draft_path else None
             check_memory(config.model_path, estimate, gpu_layers, n_ctx, kv_type=config.kv_type,
                          draft=hardware.draft_estimate(draft_header, n_ctx, config.kv_type)
-                         if draft_header else None)
+                         if draft_header else None, draft_on_cpu=bool(config.rpc))
+            if layer_split:
+                check_device_memory(config.model_path, estimate, layer_split)
         thread_choice = choose_threads(config.threads)
         config = replace(config, flash_attn=_flash_attn_for(config, gpu_layers))
         llm = load_llama(config.model_path, header, n_ctx, gpu_layers, thread_choice.threads,
-                         flash_attn=config.flash_attn, kv_type=config.kv_type)
+                         flash_attn=config.flash_attn, kv_type=config.kv_type,
+                         tensor_split=layer_split.tensor_split if layer_split else None)
         draft = None
         try:
             chat_format = resolve_chat_format(llm, config.chat_format, header.architecture,
@@ -144,6 +152,7 @@ class Engine:
             threads=thread_choice.threads, chat_format=chat_format.source,
             is_r1=chat_format.is_r1, format_note=chat_format.note,
             flash_attn=config.flash_attn, kv_type=config.kv_type, draft=draft_name,
+            layer_split=layer_split,
         )
         _warm_up(llm)
         try:
@@ -349,6 +358,22 @@ def _warm_up(llm: llama_cpp.Llama) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
 
 
+def _rpc_split(config: EngineConfig, estimate: hardware.MemoryEstimate,
+               backend: hardware.BackendInfo) -> LayerSplit:
+    """Connect the workers (their devices come first in llama.cpp's list, a local GPU after
+    them) and split the layers between this machine's RAM and their free memory."""
+    from localr1.engine.rpc_backend import connect_workers
+
+    workers = connect_workers(config.rpc)
+    shared = {w.endpoint for w in workers if sum(o.endpoint == w.endpoint for o in workers) > 1}
+    devices = [SplitDevice(f"RPC {w.endpoint}" + (f" {w.name}" if w.endpoint in shared else ""),
+                           w.free_bytes) for w in workers]
+    if backend.can_offload:  # untested here: no GPU where localr1 is developed
+        devices.append(SplitDevice(backend.name, hardware.gpu_free_bytes(backend) or 0))
+    return plan_split(estimate.n_layers, config.gpu_layers,
+                      hardware.memory_info().available_bytes, devices)
+
+
 def _flash_attn_for(config: EngineConfig, gpu_layers: int) -> str:
     """Flash attention as llama.cpp gets it. With a draft on the CPU, "auto" means off: the
     CPU's flash-attention kernel rounds a batch of drafted tokens differently from one token at
@@ -365,7 +390,7 @@ def _load_draft(path: Path, gpu_layers: int, llm: llama_cpp.Llama, header: GGUFH
     """The draft GGUF, checked against the model like llama.cpp checks it."""
     from localr1.engine.draft_compat import check_draft_compatible
 
-    draft = DraftModel(path, gpu_layers)
+    draft = DraftModel(path, gpu_layers, cpu_only=bool(config.rpc))  # RPC: never the workers
     try:
         # Named by their files, as the user gave them (GGUF-internal names are often opaque).
         check_draft_compatible(llm.model, draft.model, config.model_path.stem, path.stem)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from localr1.engine import ggml_abort, llama_log
 from localr1.engine.chat_template import check_gguf_templates
+from localr1.engine.rpc_split import LayerSplit
 from localr1.errors import ChatFormatError, InsufficientMemoryError, ModelLoadError
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader
@@ -34,15 +35,17 @@ def context_size(requested: int, trained: int | None) -> int:
 
 def check_memory(path: Path, estimate: hardware.MemoryEstimate, gpu_layers: int,
                  n_ctx: int, *, draft: hardware.MemoryEstimate | None = None,
-                 kv_type: str = "f16") -> None:
+                 kv_type: str = "f16", draft_on_cpu: bool = False) -> None:
     """Refuse, in one line, a model (and its draft: `hardware.draft_estimate`, offloaded like
-    the model) that free RAM cannot hold. `estimate` is in `kv_type` already; it is named in
-    the message."""
+    the model unless `draft_on_cpu`) that free RAM cannot hold. `estimate` is in `kv_type`
+    already; it is named in the message."""
     total_layers = estimate.n_layers + 1
     on_cpu_share = 1.0 - min(gpu_layers, total_layers) / total_layers
     draft_bytes = draft.weights_bytes + draft.kv_cache_bytes if draft else 0
-    needed = int((estimate.weights_bytes + estimate.kv_cache_bytes + draft_bytes)
-                 * on_cpu_share) + estimate.overhead_bytes + (draft.overhead_bytes if draft else 0)
+    model_bytes = estimate.weights_bytes + estimate.kv_cache_bytes
+    on_cpu = model_bytes * on_cpu_share + draft_bytes if draft_on_cpu \
+        else (model_bytes + draft_bytes) * on_cpu_share
+    needed = int(on_cpu) + estimate.overhead_bytes + (draft.overhead_bytes if draft else 0)
     available = hardware.memory_info().available_bytes
     if needed > available:
         fmt = format_bytes
@@ -56,6 +59,19 @@ def check_memory(path: Path, estimate: hardware.MemoryEstimate, gpu_layers: int,
             f" + KV cache{kv} {fmt(estimate.kv_cache_bytes)} at --ctx {n_ctx}{with_draft}) but "
             f"only {fmt(available)} is free; use {', '.join(hints[:-1])} or {hints[-1]}"
         )
+
+
+def check_device_memory(path: Path, estimate: hardware.MemoryEstimate,
+                        split: LayerSplit) -> None:
+    """Refuse, in one line, a split that gives a device (an RPC worker) more layers than its
+    free memory holds (check_memory counts what stays on this machine)."""
+    per_layer = estimate.per_layer_bytes()
+    for (label, layers), free in zip(split.device_layers, split.device_free, strict=True):
+        if layers * per_layer > free:
+            raise InsufficientMemoryError(
+                f"{path.name}: {label} would hold {layers} layers (about "
+                f"{format_bytes(layers * per_layer)}) but has only {format_bytes(free)} free; "
+                f"use a smaller --gpu-layers, a smaller quant or a smaller --ctx")
 
 
 def check_kv_options(path: Path, header: GGUFHeader, flash_attn: str, kv_type: str) -> None:
@@ -131,7 +147,8 @@ def _llama_class() -> type[llama_cpp.Llama]:
 
 
 def load_llama(path: Path, header: GGUFHeader, n_ctx: int, gpu_layers: int,
-               threads: int, *, flash_attn: str = "auto", kv_type: str = "f16") -> llama_cpp.Llama:
+               threads: int, *, flash_attn: str = "auto", kv_type: str = "f16",
+               tensor_split: tuple[float, ...] | None = None) -> llama_cpp.Llama:
     check_gguf_templates(header.metadata)  # llama-cpp-python compiles them in Llama()
     check_kv_options(path, header, flash_attn, kv_type)
     llama_log.install()
@@ -141,6 +158,7 @@ def load_llama(path: Path, header: GGUFHeader, n_ctx: int, gpu_layers: int,
         return _llama_class()(
             model_path=str(path), n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads,
             n_threads_batch=threads, verbose=False, kv_options=(flash_attn, kv_type),
+            tensor_split=list(tensor_split) if tensor_split else None,  # RPC: rpc_split's
             # We render prompts ourselves; a placeholder format stops llama-cpp-python from
             # guessing one (and logging about it).
             chat_format="chatml",

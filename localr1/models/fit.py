@@ -12,14 +12,24 @@ allowance, and the label says "(with draft)". Then:
 * "CPU only, fits in RAM"       no GPU offload (or no VRAM to speak of), needed <= available RAM;
 * "too large for this machine"  otherwise.
 
+With RPC workers (config.toml's `rpc`, or `--rpc` on `list` and `show`), their free memory
+counts too: the layers are split between this machine's available RAM and the workers' devices
+as a load splits them (engine/rpc_split.py, gpu_layers "auto"), and the model fits when this
+machine holds its share plus the compute buffers and each worker its layers: "fits (with 2
+workers)", else "too large even with 2 workers". The workers are asked in Python
+(rpc_backend.worker_memory: nothing registered, at most WORKER_TIMEOUT); when one does not
+answer, the label is this machine's alone, noted "workers unreachable: local only".
+
 Beside the label, the estimated decode speed (`speed.py`), from the weights and the memory
 bandwidth of where they run; recommendations skip models too slow to be usable. Split between
-a GPU of unknown bandwidth and the CPU, the CPU-held part alone bounds the speed: the estimate
-is then an upper one ("up to ~1.2 tok/s"), still enough to rule out a model far too slow.
+a GPU of unknown bandwidth (or RPC workers) and the CPU, the CPU-held part alone bounds the
+speed: the estimate is then an upper one ("up to ~1.2 tok/s"), still enough to rule out a
+model far too slow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,8 +44,35 @@ if TYPE_CHECKING:
 FITS_IN_GPU = "fits in GPU"
 PARTIAL_OFFLOAD = "partial GPU offload"
 CPU_IN_RAM = "CPU only, fits in RAM"
-TOO_LARGE = "too large for this machine"
-FIT_LABELS = (FITS_IN_GPU, PARTIAL_OFFLOAD, CPU_IN_RAM, TOO_LARGE)  # best first
+FITS_WITH_WORKERS = "fits with RPC workers"
+TOO_LARGE = "too large for this machine"  # with workers counted: too large even with them
+FIT_LABELS = (FITS_IN_GPU, PARTIAL_OFFLOAD, CPU_IN_RAM, FITS_WITH_WORKERS, TOO_LARGE)  # best first
+
+# How long a fit waits for the RPC workers' memory, all of them together: a listing must not
+# hang on a worker that is down (a LAN worker answers in milliseconds).
+WORKER_TIMEOUT = 2.0
+# Layers to split by when the model's count is unknown (a download not in the catalog): fine
+# enough that the split is about proportional to free memory.
+_UNKNOWN_LAYERS = 100
+
+
+@dataclass(frozen=True)
+class RpcWorkers:
+    """The RPC workers fits count, as they answered."""
+
+    endpoints: tuple[str, ...]
+    device_free: tuple[int, ...] = ()  # each worker device's free memory, llama.cpp's order
+    problem: str | None = None  # why they are not counted: one line, which worker and what
+    note: str | None = None  # that, short, for the labels: "workers unreachable: local only"
+
+    @property
+    def counted(self) -> bool:
+        return self.problem is None and bool(self.device_free)
+
+    @property
+    def count_text(self) -> str:
+        count = len(self.endpoints)
+        return f"{count} worker{'' if count == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +84,7 @@ class MachineMemory:
     backend: str
     cpu_bandwidth: float | None = None  # bytes/s; None: unknown (no speed estimates)
     gpu_bandwidth: float | None = None
+    workers: RpcWorkers | None = None  # config.toml's rpc (or --rpc); None: none configured
 
 
 @dataclass(frozen=True)
@@ -79,9 +117,10 @@ class Fit:
     n_ctx: int
     kv_known: bool
     tokens_per_second: float | None = None  # estimated decode speed; None: unknown
-    speed_is_upper_bound: bool = False  # from the CPU-held part alone (GPU bandwidth unknown)
+    speed_is_upper_bound: bool = False  # from the CPU-held part alone (GPU or workers unknown)
     kv_type: str = "f16"
     draft_bytes: int = 0  # the configured draft model's share of needed_bytes; 0: none
+    workers: RpcWorkers | None = None  # the RPC workers counted, or tried
 
     @property
     def runs(self) -> bool:
@@ -89,8 +128,18 @@ class Fit:
 
     @property
     def label_text(self) -> str:
-        """The label as shown: "CPU only, fits in RAM (with draft)" when a draft is counted."""
-        return f"{self.label} (with draft)" if self.draft_bytes else self.label
+        """The label as shown: "CPU only, fits in RAM (with draft)" when a draft is counted,
+        "fits (with 2 workers)" or "too large even with 2 workers" when workers are, and the
+        local label with "(workers unreachable: local only)" when they could not be."""
+        workers = self.workers
+        if workers and workers.counted:
+            if self.runs:
+                return f"fits (with {workers.count_text}{' and draft' if self.draft_bytes else ''})"
+            return f"too large even with {workers.count_text}" + \
+                (" (with draft)" if self.draft_bytes else "")
+        notes = (["with draft"] if self.draft_bytes else []) + \
+            ([workers.note] if workers and workers.note else [])
+        return f"{self.label} ({'; '.join(notes)})" if notes else self.label
 
     @property
     def speed_text(self) -> str:
@@ -101,10 +150,11 @@ class Fit:
         return f"up to {text}" if self.speed_is_upper_bound else text
 
 
-def machine_memory(*, with_cpu_bandwidth: bool = True) -> MachineMemory:
+def machine_memory(*, with_cpu_bandwidth: bool = True,
+                   rpc: Sequence[str] | None = None) -> MachineMemory:
     """This machine now (imports llama_cpp to learn the GPU backend; the CPU's bandwidth is
     measured on the first call on a machine, then read from the cache folder; without
-    `with_cpu_bandwidth` it is left unknown)."""
+    `with_cpu_bandwidth` it is left unknown), and the RPC workers `rpc` (default: config's)."""
     from localr1.config import load_settings
     from localr1.models import bandwidth
     from localr1.paths import app_paths
@@ -113,10 +163,30 @@ def machine_memory(*, with_cpu_bandwidth: bool = True) -> MachineMemory:
     backend = hardware.backend_info()
     vram = hardware.gpu_free_bytes(backend) if backend.can_offload else 0
     paths = app_paths()
-    threads = load_settings(paths.config_file).threads or None  # as llama.cpp will decode
+    settings = load_settings(paths.config_file)
+    threads = settings.threads or None  # as llama.cpp will decode
     cpu = bandwidth.cpu_bandwidth(paths.cache_dir, threads) if with_cpu_bandwidth else None
+    endpoints = tuple(settings.rpc if rpc is None else rpc)
     return MachineMemory(memory.available_bytes, memory.total_bytes, backend.can_offload, vram,
-                         backend.name, cpu, bandwidth.gpu_bandwidth(backend))
+                         backend.name, cpu, bandwidth.gpu_bandwidth(backend),
+                         rpc_workers(endpoints) if endpoints else None)
+
+
+def rpc_workers(endpoints: Sequence[str]) -> RpcWorkers:
+    """The workers' free memory, asked within WORKER_TIMEOUT without registering them (a
+    listing never changes where this process's later loads offload)."""
+    from localr1.engine import rpc_backend
+
+    endpoints = tuple(endpoints)
+    if not rpc_backend.rpc_supported():
+        return RpcWorkers(endpoints, problem="this llama-cpp-python has no RPC backend; rebuild "
+                          f"it with: {rpc_backend.reinstall_command()}",
+                          note="no RPC in this build: local only")
+    try:
+        devices = rpc_backend.worker_memory(endpoints, timeout=WORKER_TIMEOUT)
+    except rpc_backend.WorkerError as exc:
+        return RpcWorkers(endpoints, problem=str(exc), note="workers unreachable: local only")
+    return RpcWorkers(endpoints, tuple(device.free_bytes for device in devices))
 
 
 def shape_from_summary(summary: GGUFSummary) -> ModelShape:
@@ -137,13 +207,52 @@ def assess(shape: ModelShape, n_ctx: int, machine: MachineMemory, *, kv_type: st
         n_ctx = min(n_ctx, shape.context_length)
     kv_known = bool(shape.n_layers and shape.n_kv_heads and shape.key_length)
     estimate = _estimate(shape, n_ctx, kv_type)
-    draft_bytes = _estimate(draft, n_ctx, kv_type).total_bytes if draft else 0
+    draft_estimate = _estimate(draft, n_ctx, kv_type) if draft else None
+    draft_bytes = draft_estimate.total_bytes if draft_estimate else 0
     needed = estimate.total_bytes + draft_bytes
+    workers = machine.workers
+    if workers and workers.counted:
+        cpu_share = _cpu_share_with_workers(shape.n_layers or _UNKNOWN_LAYERS, estimate,
+                                            draft_estimate, machine, workers)
+        label = TOO_LARGE if cpu_share is None else FITS_WITH_WORKERS
+        on_cpu = round(shape.weights_bytes * (cpu_share or 0.0))
+        tokens_per_second = speed.decode_tokens_per_second(on_cpu, machine.cpu_bandwidth) \
+            if on_cpu and machine.cpu_bandwidth and label != TOO_LARGE else None
+        return Fit(label, needed, shape.weights_bytes, estimate.kv_cache_bytes, n_ctx, kv_known,
+                   tokens_per_second, tokens_per_second is not None, kv_type, draft_bytes,
+                   workers)
     label = _label(needed, machine)
     tokens_per_second, upper_bound = _tokens_per_second(label, shape.weights_bytes, needed,
                                                         machine)
     return Fit(label, needed, shape.weights_bytes, estimate.kv_cache_bytes, n_ctx, kv_known,
-               tokens_per_second, upper_bound, kv_type, draft_bytes)
+               tokens_per_second, upper_bound, kv_type, draft_bytes, workers)
+
+
+def _cpu_share_with_workers(n_layers: int, estimate: hardware.MemoryEstimate,
+                            draft: hardware.MemoryEstimate | None, machine: MachineMemory,
+                            workers: RpcWorkers) -> float | None:
+    """The share of the layers this machine keeps when the load splits them with the workers
+    (and a local GPU after them, as the engine does), or None when this machine or a device
+    could not hold its part: the load's own checks (loading.check_memory, check_device_memory)
+    on the split's figures."""
+    from localr1.engine.rpc_split import SplitDevice, plan_split
+
+    devices = [SplitDevice(f"RPC {index}", free)
+               for index, free in enumerate(workers.device_free)]
+    if machine.can_offload:
+        devices.append(SplitDevice(machine.backend, machine.vram_free or 0))
+    split = plan_split(n_layers, "auto", machine.ram_available, devices)
+    cpu_share = split.cpu_layers / split.total
+    layered = estimate.weights_bytes + estimate.kv_cache_bytes + \
+        (draft.weights_bytes + draft.kv_cache_bytes if draft else 0)
+    local = int(layered * cpu_share) + estimate.overhead_bytes + \
+        (draft.overhead_bytes if draft else 0)
+    per_layer = (estimate.weights_bytes + estimate.kv_cache_bytes) // n_layers
+    if local > machine.ram_available or any(
+            layers * per_layer > free
+            for (_, layers), free in zip(split.device_layers, split.device_free, strict=True)):
+        return None
+    return cpu_share
 
 
 def _estimate(shape: ModelShape, n_ctx: int, kv_type: str) -> hardware.MemoryEstimate:

@@ -91,7 +91,7 @@ def backend_info() -> BackendInfo:
     import llama_cpp
 
     system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    can_offload = bool(llama_cpp.llama_supports_gpu_offload())
+    can_offload = _has_local_gpu()
     name = "CPU"
     for marker, backend in (("CUDA", "CUDA"), ("METAL", "Metal"), ("Metal", "Metal"),
                             ("VULKAN", "Vulkan"), ("Vulkan", "Vulkan"), ("SYCL", "SYCL"),
@@ -102,6 +102,37 @@ def backend_info() -> BackendInfo:
     if can_offload and name == "CPU":
         name = "GPU"
     return BackendInfo(name, can_offload, system_info.strip())
+
+
+def _has_local_gpu() -> bool:
+    """Whether llama.cpp has a GPU of this machine to offload to. Not
+    llama_supports_gpu_offload(): that is true in every build with RPC, GPU or not."""
+    return bool(local_gpu_devices())
+
+
+def local_gpu_devices() -> list[int]:
+    """This machine's GPUs (integrated ones too) as llama.cpp's device handles, in its order;
+    RPC workers' devices (registered by --rpc) are GPUs to llama.cpp but not this machine's."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import llama_cpp as bindings
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return []
+    lib = bindings._lib  # dlsym on libllama finds the ggml it links
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
+    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    gpu_types = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU
+    devices = [lib.ggml_backend_dev_get(index) for index in range(lib.ggml_backend_dev_count())]
+    return [device for device in devices
+            if lib.ggml_backend_dev_type(device) in gpu_types
+            and lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(device)) != b"RPC"]
 
 
 def gpu_free_bytes(backend: BackendInfo) -> int | None:

@@ -4,7 +4,8 @@ screen both render.
 
 Listing reads the registry (no multi-GB header reads for registered models) and probes this
 machine's memory once for all the fit labels. The fits are for config.toml's context_size and
-kv_type, and count its draft_model beside each model when that one is installed.
+kv_type, count its draft_model beside each model when that one is installed, and its RPC
+workers' free memory (`rpc`) when they answer (fit.py).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class InstalledRow:
                 "fit": FILE_MISSING if self.fit is None else self.fit.label,
                 "needed_bytes": self.fit.needed_bytes if self.fit else None,
                 "draft_bytes": self.fit.draft_bytes if self.fit else None,
+                "workers": workers_json(self.fit.workers) if self.fit else None,
                 "tokens_per_second": _rounded(self.fit.tokens_per_second if self.fit else None),
                 "last_used": _iso(model.last_used), "source": model.source, "repo": model.repo,
                 "sha256": model.sha256, "files": [str(f.path) for f in model.files]}
@@ -109,14 +111,24 @@ class CatalogRow:
                 "architecture": model.architecture, "context_length": model.context_length,
                 "license": model.license, "fit": self.fit.label,
                 "needed_bytes": self.fit.needed_bytes, "draft_bytes": self.fit.draft_bytes,
+                "workers": workers_json(self.fit.workers),
                 "tokens_per_second": _rounded(self.fit.tokens_per_second),
                 "installed": self.installed,
                 "recommended": self.recommended}
 
 
+def workers_json(workers: fit.RpcWorkers | None) -> dict[str, Any] | None:
+    """The RPC workers a fit counted (or could not), for --json; None: none configured."""
+    if workers is None:
+        return None
+    return {"endpoints": list(workers.endpoints), "counted": workers.counted,
+            "free_bytes": sum(workers.device_free), "problem": workers.problem}
+
+
 def installed_rows(models_dir: Path, machine: fit.MachineMemory | None = None,
                    now: float | None = None) -> list[InstalledRow]:
-    """Every installed model, registered ones first, with its fit here and its last use."""
+    """Every installed model, registered ones first, with its fit here (`machine`, default
+    this machine and config's RPC workers) and its last use."""
     models = list_models(models_dir)
     if not models:
         return []

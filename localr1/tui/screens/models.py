@@ -7,12 +7,13 @@ The rows are `localr1.models.listing`'s, the ones `localr1 list` prints. Listing
 headers (slow for big files) and the fit estimate probes memory, so a worker does it and posts
 `ModelDetails`; the screen stays responsive meanwhile. The same worker reads each installed
 model's last `localr1 eval` score from the history ("quick 83% ×4": set, pass@1, samples per
-problem); "—" when it has none or the history cannot be read. Fits count config.toml's kv_type and
-its draft model ("(with draft)"); under the installed list, a tip names the draft model that
-would speed up the highlighted one (r1:1.5b for a Qwen R1 distill). The app installs this
-screen once, so a download goes on while you chat and the screen shows it when you come back.
-Removal goes through `library.remove_model`: our own copies are deleted, imported files are
-only forgotten.
+problem); "—" when it has none or the history cannot be read. Fits count config.toml's kv_type,
+its draft model ("(with draft)") and its RPC workers' free memory ("fits (with 2 workers)",
+asked by the same worker within fit.WORKER_TIMEOUT); under the installed list, a tip names the
+draft model that would speed up the highlighted one (r1:1.5b for a Qwen R1 distill). The app
+installs this screen once, so a download goes on while you chat and the screen shows it when
+you come back. Removal goes through `library.remove_model`: our own copies are deleted,
+imported files are only forgotten.
 """
 
 from __future__ import annotations
