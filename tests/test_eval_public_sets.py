@@ -205,3 +205,28 @@ def test_unknown_set_names_the_known_ones(data_dir):
     with pytest.raises(ProblemSetError, match=r"^unknown problem set 'gsm9k' \(public sets: "
                                               r"gsm8k, math-500\)$"):
         load_public_set("gsm9k", data_dir)
+
+
+def test_eval_gsm8k_from_the_command_line_downloads_once_then_works_offline(
+        hub, tmp_path, r1_boxed_right_model):
+    import subprocess
+    import sys
+
+    from tests.hub_server import subprocess_env
+
+    env = subprocess_env(hub, tmp_path / "hf-home")
+    args = [sys.executable, "-m", "localr1", "eval", "gsm8k", "-m", str(r1_boxed_right_model),
+            "--limit", "2", "--samples", "1", "--max-tokens", "200", "--json"]
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "license MIT" in first.stderr and f"{GSM8K.repo}@" in first.stderr
+    report = json.loads(first.stdout)
+    assert report["set"]["problems"] == 2 and report["set"]["license"] == "MIT"
+    assert report["set"]["name"] == "gsm8k"
+    downloads = len(hub.gets(GSM8K.path))
+    assert downloads == 1
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    again = subprocess.run(args, env=offline, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["set"]["digest"] == report["set"]["digest"]
+    assert len(hub.gets(GSM8K.path)) == downloads
