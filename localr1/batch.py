@@ -264,7 +264,8 @@ class BatchOptions:
 
 
 def record_seed(seed: int, item_id: Any) -> int:
-    """A record's own seed: the same whatever the parallelism or order of the batch."""
+    """A record's own seed: the same whatever the order of the batch or its parallelism
+    (though another --parallel batches the arithmetic differently: near-ties may differ)."""
     return zlib.crc32(f"{seed}:{id_key(item_id)}".encode()) & 0x7FFFFFFF
 
 

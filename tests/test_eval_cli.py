@@ -200,7 +200,8 @@ def test_smollm2_runs_the_built_in_set_end_to_end(tmp_path, smollm2_model):
 @pytest.mark.parametrize(("content", "message"), [
     ('{"id": 1, "problem": "2+2?"}\n', 'problems.jsonl:1: "answer" must be a non-empty string'),
     ('{"id": 1, "problem": "a", "answer": "1"}\n{"id": 1, "problem": "b", "answer": "2"}\n',
-     "problems.jsonl: duplicate problem id '1'"),
+     "problems.jsonl:2: duplicate problem id '1' (also on line 1"),
+    ('{"id": " ", "problem": "a", "answer": "1"}\n', "problems.jsonl:1: id is blank"),
     ("not json\n", "problems.jsonl:1: not valid JSON"),
 ])
 def test_bad_sets_are_one_line(tmp_path, r1_boxed_right_model, content, message):
@@ -236,8 +237,8 @@ def test_max_tokens_beyond_the_models_context_gets_what_fits(problems, r1_boxed_
     # The default 8192 tokens per sample on a model trained for 4096.
     result = localr1("eval", problems, "-m", r1_boxed_right_model, "--samples", "1", "--json")
     assert scores(result)[r1_boxed_right_model.stem]["pass_at_1"] == pytest.approx(2 / 3)
-    assert "context of 4096 tokens leaves room for" in result.stderr
-    assert "(not 8192)" in result.stderr
+    assert "context of 4096 tokens leaves fewer than 8192 tokens per sample for 3 of 3 " \
+        "problems" in result.stderr
 
 
 def test_every_model_is_found_before_anything_is_decoded(tmp_path, problems,
@@ -277,3 +278,41 @@ def test_digit_heavy_prompts_get_the_context_they_need(tmp_path, r1_boxed_right_
     result = localr1("eval", path, "-m", r1_boxed_right_model, "--samples", "1",
                      "--max-tokens", "200", "--json")
     assert scores(result)[r1_boxed_right_model.stem]["pass_at_1"] == 1.0
+
+
+def test_a_result_missing_from_the_history_is_added_by_a_rerun(tmp_path, problems,
+                                                               r1_boxed_right_model):
+    from localr1.paths import app_paths
+
+    output = tmp_path / "samples.jsonl"
+    common = [problems, "-m", r1_boxed_right_model, "--samples", "1", "--max-tokens", "200",
+              "-o", output]
+    assert localr1("eval", *common).returncode == 0
+    app_paths().db_path.unlink()  # as if the first run had stopped before saving it
+    assert localr1("eval", *common).returncode == 0  # decodes nothing
+    assert localr1("eval", *common).returncode == 0  # and adds no second row
+    runs = json.loads(localr1("eval", "--history", "--json").stdout)
+    assert [run["pass_at_1"] for run in runs] == [pytest.approx(2 / 3)]
+
+
+def test_the_export_may_not_overwrite_the_problem_set(tmp_path, problems,
+                                                      r1_boxed_right_model):
+    kept = problems.read_text()
+    result = localr1("eval", problems, "-m", r1_boxed_right_model, "--export-sft",
+                     tmp_path / "x" / ".." / problems.name)
+    assert result.returncode == 2 and "would overwrite the problem set" in result.stderr
+    assert problems.read_text() == kept
+
+
+def test_a_prompt_too_long_for_the_context_fails_alone(tmp_path, r1_boxed_right_model):
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"id": "short", "problem": "6 times 7?", "answer": "42"},
+            {"id": "huge", "problem": "word " * 5000, "answer": "42"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "samples.jsonl"
+    result = localr1("eval", path, "-m", r1_boxed_right_model, "--samples", "1", "-o", output)
+    assert result.returncode == 1
+    samples = {s["problem"]: s for s in lines(output)[1:]}
+    assert samples["short"]["correct"] and samples["short"]["error"] is None
+    assert "problem huge: its prompt needs" in samples["huge"]["error"]
+    assert "fewer than 8192 tokens per sample for 2 of 2 problems" in result.stderr

@@ -154,6 +154,14 @@ def test_words_with_the_same_letters_have_different_keys(checker):
     assert checker.check("Evelyn", "\\text{Evelyn}").correct
 
 
+def test_a_word_reference_is_not_matched_by_its_anagrams(checker):
+    # math-verify reads both as the same product of letters
+    assert not checker.check("Evenly", "Evelyn").correct
+    assert not checker.check("teas", "east").correct
+    assert checker.check("evelyn", "Evelyn").correct
+    assert not checker.check("Evenly", "\\text{Evelyn}").correct
+
+
 def test_words_are_checked_too(checker):
     assert checker.check("no  solution", "no solution").correct
     assert not checker.check("one solution", "no solution").correct

@@ -39,7 +39,7 @@ from localr1.terminal_text import safe_echo, safe_write
               default="auto", show_default=True, help="How to read INPUT.")
 @click.option("-s", "--system", help="System prompt for records that have none.")
 @click.option("--seed", type=int, callback=setting_check("seed"),
-              help="Makes every record reproducible, whatever --parallel.")
+              help="Makes every record reproducible (at the same --parallel).")
 @click.option("--save", is_flag=True, help="Also save each record as a conversation.")
 @click.option("--max-tokens", type=click.IntRange(min=0), callback=setting_check("max_tokens"),
               help="Per record (0 = no limit).")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -31,7 +33,8 @@ from localr1.terminal_text import safe_echo
 @click.option("--top-p", default=0.95, show_default=True,
               type=click.FloatRange(0, 1, min_open=True), callback=setting_check("top_p"))
 @click.option("--seed", default=0, show_default=True, type=int, callback=setting_check("seed"),
-              help="Each sample's seed derives from it: reruns give the same samples.")
+              help="Each sample's seed derives from it: reruns (same --parallel) give the "
+                   "same samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="JSONL file the samples stream to; a rerun continues it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
@@ -71,6 +74,9 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
 
     paths = app_paths()
     if history:
+        if problem_set is not None or output is not None or export_sft is not None:
+            raise click.UsageError("--history lists past runs: give it no SET, -o or "
+                                   "--export-sft (only -m and --json)")
         _print_history(paths, models, as_json)
         return
     if problem_set is None:
@@ -78,7 +84,7 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
                                "or --history")
     if (sft_max_solved is not None or sft_shortest) and export_sft is None:
         raise click.UsageError("--sft-max-solved and --sft-shortest need --export-sft FILE")
-    _check_output_paths(output, export_sft)
+    _check_output_paths(output, export_sft, problem_set)
     local_only = {"--gpu-layers": gpu_layers, "--threads": threads,
                   "--chat-format": chat_format, **engine_flags.local_only()}
 
@@ -89,6 +95,8 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
     from localr1.evaluation.set_names import resolve_problem_set
 
     # Every model named before anything is decoded: a typo in the last -m loses no work.
+    if endpoint is not None and len(set(models)) < len(models):
+        raise click.UsageError("a model is named twice")
     local_models = [] if endpoint is not None else _choose_models(models, paths)
     full_set = resolve_problem_set(problem_set, paths.data_dir, _download_progress())
     chosen_set = full_set.limited(limit)
@@ -102,6 +110,7 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
              f"temperature {temperature}", f"top-p {top_p}", f"up to {max_tokens} tokens"]
     safe_echo(f"eval {chosen_set.name}: " + " · ".join(facts), err=True)
     report = EvalReport(chosen_set, settings)
+    history_notes: list[str | None] = []
     with results, AnswerChecker() as checker:
         for target in local_models if endpoint is None else (models or (None,)):
             if endpoint is not None:
@@ -112,6 +121,7 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
                                  chat_format, engine_flags, paths)
             summary = _evaluate(run, chosen_set, settings, results, checker)
             report.add(run.label, results, decoded=summary.done + summary.failed)
+            history_notes.append(_save(report, run.label, paths, output))
     if as_json:
         safe_echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -123,28 +133,47 @@ def eval_command(problem_set: str | None, models: tuple[str, ...], samples: int,
         skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
         safe_echo(f"export: {summary.written} samples of {summary.problems} problems to "
                   f"{export_sft}" + (f" (left out: {skipped})" if skipped else ""), err=True)
-    unsaved = report.save(paths.db_path, output)  # last: a history that fails loses no output
-    for model in unsaved:
-        safe_echo(f"localr1: {model}: not kept in the history (samples failed; a rerun with "
-                  "the same -o tries them again)", err=True)
+    for note in filter(None, history_notes):
+        safe_echo(f"localr1: {note}", err=True)
     if report.failed_samples:
         sys.exit(1)
 
 
-def _check_output_paths(output: Path | None, export_sft: Path | None) -> None:
-    """-o must be a file of its own: not the stdout the table goes to, not the export."""
-    import os
+def _save(report, model: str, paths, output: Path | None) -> str | None:
+    """`model`'s history row, as soon as it is done; a note when it is not kept (the scores
+    are printed all the same)."""
+    from localr1.errors import LocalR1Error
 
+    try:
+        if report.save(model, paths.db_path, output):
+            return None
+    except LocalR1Error as exc:
+        return f"{model}: not kept in the history: {exc}"
+    return f"{model}: not kept in the history (samples failed; a rerun with the same -o " \
+        "tries them again)"
+
+
+def _check_output_paths(output: Path | None, export_sft: Path | None,
+                        problem_set: str) -> None:
+    """-o and --export-sft must be files of their own: not each other (by any path), not the
+    problem set they are made from, and -o not the stdout the table goes to."""
+    def same(a: Path, b: Path) -> bool:
+        if a.expanduser().resolve() == b.expanduser().resolve():
+            return True
+        try:
+            return a.exists() and b.exists() and os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    set_file = Path(problem_set) if problem_set and Path(problem_set).is_file() else None
+    for option, path in (("-o", output), ("--export-sft", export_sft)):
+        if path is not None and set_file is not None and same(path, set_file):
+            raise click.UsageError(f"{option} would overwrite the problem set {problem_set}")
     if output is None:
         return
-    if export_sft is not None and (output == export_sft or (
-            output.exists() and export_sft.exists() and os.path.samefile(output, export_sft))):
+    if export_sft is not None and same(output, export_sft):
         raise click.UsageError("-o and --export-sft must be different files")
-    try:
-        is_stdout = output.exists() and os.path.samefile(output, "/dev/stdout")
-    except OSError:
-        is_stdout = False
-    if is_stdout:
+    if same(output, Path("/dev/stdout")):
         raise click.UsageError("-o cannot be stdout (the scores are printed there); give a file")
 
 
@@ -166,6 +195,8 @@ def _choose_models(models: tuple[str, ...], paths) -> list:
         if other != found.path:
             raise click.UsageError(f"two models go by the name {found.name!r} ({other} and "
                                    f"{found.path}); import one under another name")
+    if len({found.path.resolve() for found in chosen}) < len(chosen):
+        raise click.UsageError("a model is named twice")
     return chosen
 
 
@@ -182,7 +213,7 @@ def _local_run(chosen, problem_set, settings, parallel, threads, gpu_layers, cha
     from localr1.cli.main import gpu_layers_option_value
     from localr1.config import load_settings
     from localr1.engine.llama_engine import Engine, EngineConfig
-    from localr1.evaluation.runner import ModelRun
+    from localr1.evaluation.runner import ModelRun, reply_room
     from localr1.models.choice import record_use
 
     app_settings = load_settings(paths.config_file)
@@ -193,22 +224,29 @@ def _local_run(chosen, problem_set, settings, parallel, threads, gpu_layers, cha
     engine = Engine.load(config)
     label = record_use(chosen, paths.models_dir, remember=False).name
     try:
-        n_ctx, max_new = _context_per_sample(engine, problem_set, settings)
+        n_ctx, prompt_tokens = _context_per_sample(engine, problem_set, settings)
     except BaseException:
         engine.close()
         raise
-    if max_new < settings.max_tokens:
-        safe_echo(f"localr1: {label}'s context of {n_ctx} tokens leaves room for {max_new} "
-                  f"tokens per sample (not {settings.max_tokens})", err=True)
-    return ModelRun(engine, label, parallel=parallel, n_ctx_per_sequence=n_ctx,
-                    threads=threads or 0, max_tokens=max_new)
+    run = ModelRun(engine, label, parallel=parallel, n_ctx_per_sequence=n_ctx,
+                   threads=threads or 0, prompt_tokens=prompt_tokens)
+    rooms = [reply_room(run, problem, settings.max_tokens) for problem in problem_set.problems]
+    short = [room for room in rooms if room < settings.max_tokens]
+    if short:
+        safe_echo(f"localr1: {label}'s context of {n_ctx} tokens leaves fewer than "
+                  f"{settings.max_tokens} tokens per sample for {len(short)} of {len(rooms)} "
+                  f"problems (down to {max(min(short), 0)})", err=True)
+    return run
 
 
 def _evaluate(run, problem_set, settings, results, checker):
+    from localr1.engine import ggml_abort
     from localr1.evaluation.runner import evaluate_model
 
     progress = EvalProgress(run.label, results, problem_set, settings.samples) \
         if sys.stderr.isatty() else None
+    if progress:  # a lost RPC worker's line (printed from llama.cpp's thread) starts a line
+        ggml_abort.set_before_abort(progress.clear)
     cancel = threading.Event()
     try:
         with run.engine:
@@ -222,21 +260,20 @@ def _evaluate(run, problem_set, settings, results, checker):
             progress.clear()
 
 
-def _context_per_sample(engine, problem_set, settings) -> tuple[int, int]:
-    """(context per sequence, tokens a reply may take): room for the longest prompt (in
+def _context_per_sample(engine, problem_set, settings) -> tuple[int, dict[str, int]]:
+    """(context per sequence, each problem's prompt tokens): room for the longest prompt (in
     tokens: digits and CJK take more per character) and the whole reply, within what the
     model was trained on."""
     from localr1.chat_message import ChatMessage
     from localr1.evaluation.problems import user_prompt
+    from localr1.evaluation.runner import PROMPT_MARGIN
 
     params = settings.params()
-    longest = max(len(engine.prepare_prompt((ChatMessage("user", user_prompt(problem)),),
-                                            params, n_ctx=1 << 20).tokens)
-                  for problem in problem_set.problems)
-    prompt_tokens = longest + 16  # a margin for the template's closing tokens
-    needed = prompt_tokens + settings.max_tokens
-    n_ctx = min(needed, engine.info.n_ctx_train or needed)
-    return n_ctx, max(1, n_ctx - prompt_tokens)
+    tokens = {problem.id: len(engine.prepare_prompt(
+        (ChatMessage("user", user_prompt(problem)),), params, n_ctx=1 << 20).tokens)
+        for problem in problem_set.problems}
+    needed = max(tokens.values()) + PROMPT_MARGIN + settings.max_tokens
+    return min(needed, engine.info.n_ctx_train or needed), tokens
 
 
 def _download_progress():
@@ -261,9 +298,13 @@ def _history_name(model: str, paths) -> str:
 def _print_history(paths, models: tuple[str, ...], as_json: bool) -> None:
     from localr1.evaluation.report import history_lines, history_records
 
-    records = history_records(paths.db_path, tuple(_history_name(m, paths) for m in models))
+    names = tuple(dict.fromkeys(_history_name(m, paths) for m in models))
+    records = history_records(paths.db_path, names)
     if as_json:
         safe_echo(json.dumps(records, indent=2))
+        return
+    if not records and names:
+        safe_echo(f"no eval runs of {', '.join(names)}")
         return
     for line in history_lines(records):
         safe_echo(line)
@@ -294,9 +335,11 @@ class EvalProgress:
         known = self.results.samples(self.model, self.problem_ids, self.samples)
         so_far = f" · pass@1 so far {sum(bool(s.get('correct')) for s in known) / len(known):.0%}" \
             if known else ""
-        sys.stderr.write(f"\r\x1b[K{self.label} [{'#' * filled}{'.' * (self._BAR - filled)}] "
-                         f"{finished}/{total} samples · {summary.tokens_per_second:.1f} tok/s"
-                         f"{eta}{so_far}")
+        line = (f"{self.label} [{'#' * filled}{'.' * (self._BAR - filled)}] "
+                f"{finished}/{total} samples · {summary.tokens_per_second:.1f} tok/s{eta}{so_far}")
+        # One terminal row, or every redraw would leave its wrapped part behind.
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        sys.stderr.write(f"\r\x1b[K{line[:width]}")
         sys.stderr.flush()
 
     def clear(self) -> None:

@@ -79,8 +79,19 @@ def judge(gold: str, answer: str) -> dict[str, Any]:
                 "note": "reference compared as text"}
     if not answer_parsed:
         return {"correct": False, "key": key, "note": "answer not understood by math-verify"}
-    correct = verify(gold_parsed, answer_parsed, timeout_seconds=STEP_TIMEOUT_S)
+    if _is_word(gold_parsed, gold):  # math-verify would take any anagram (a letters product)
+        correct = key == answer_key(gold_parsed, gold)
+    else:
+        correct = verify(gold_parsed, answer_parsed, timeout_seconds=STEP_TIMEOUT_S)
     return {"correct": bool(correct), "key": key, "note": None}
+
+
+def _is_word(parsed: list, text: str) -> bool:
+    import sympy
+
+    expr = parsed[0] if parsed else None
+    return isinstance(expr, sympy.Basic) and _letters_only(expr) \
+        and bool(_WORD.search(_COMMAND.sub("", _unwrapped(text))))
 
 
 def answer_key(parsed: list, text: str) -> str:

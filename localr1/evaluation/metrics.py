@@ -108,12 +108,23 @@ def score_model(model: str, records: Iterable[Record], problem_set: ProblemSet) 
 def pass_at_1_interval(rates: list[float]) -> tuple[float, float] | None:
     """The 95 % interval of the mean of per-problem pass rates, clustered by problem: samples
     of one problem are not independent, so the standard error comes from the spread of the
-    problems' rates (Miller 2024, "Adding Error Bars to Evals"), with the normal 1.96."""
+    problems' rates (Miller 2024, "Adding Error Bars to Evals"), with the normal 1.96. When
+    every problem has the same rate (all solved, all missed) that spread is 0 and would claim
+    certainty: then the Wilson interval of that rate over the problems."""
     if len(rates) < 2:
         return None
     mean = statistics.fmean(rates)
-    half_width = 1.96 * statistics.stdev(rates) / math.sqrt(len(rates))
+    spread = statistics.stdev(rates)
+    if spread == 0:
+        return _wilson(mean, len(rates))
+    half_width = 1.96 * spread / math.sqrt(len(rates))
     return max(0.0, mean - half_width), min(1.0, mean + half_width)
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def compare(a: ModelScore, b: ModelScore) -> Comparison:
@@ -175,8 +186,11 @@ def _fraction(records: list[Record], rule) -> float:
 
 
 def _mean_sum(per_problem: list[list[Record]], field: str) -> float | None:
-    sums = [sum(r[field] for r in problem if r.get(field) is not None and not r.get("error"))
-            for problem in per_problem]
+    """The mean over problems of a field summed over each problem's decoded samples (None when
+    no sample decoded)."""
+    decoded = [[r[field] for r in problem if r.get(field) is not None and not r.get("error")]
+               for problem in per_problem]
+    sums = [sum(values) for values in decoded if values]
     return statistics.fmean(sums) if sums else None
 
 

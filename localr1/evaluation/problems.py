@@ -20,6 +20,7 @@ R1_INSTRUCTION = "Please reason step by step, and put your final answer within \
 # Bounds that keep a hostile or mistaken file from exhausting memory before the first problem.
 MAX_PROBLEMS = 100_000
 MAX_TEXT_CHARS = 200_000
+MAX_ID_CHARS = 200
 
 
 class ProblemSetError(LocalR1Error):
@@ -81,12 +82,18 @@ def parse_problem_lines(name: str, lines: Iterable[str], *, source: str,
                         license: str | None = None) -> ProblemSet:
     """JSONL lines to a set; a bad line stops it with `name:line: what is wrong`."""
     problems = []
+    lines_of: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if len(problems) >= MAX_PROBLEMS:
             raise ProblemSetError(f"{name}: more than {MAX_PROBLEMS} problems")
-        problems.append(_problem(name, number, line))
+        problem = _problem(name, number, line)
+        earlier = lines_of.setdefault(problem.id, number)
+        if earlier != number:
+            raise ProblemSetError(f"{name}:{number}: duplicate problem id {problem.id!r} (also "
+                                  f"on line {earlier}; a line without an id takes its number)")
+        problems.append(problem)
     return make_problem_set(name, problems, source=source, license=license)
 
 
@@ -102,6 +109,10 @@ def _problem(name: str, number: int, line: str) -> Problem:
     problem_id = data.get("id", number)
     if isinstance(problem_id, bool) or not isinstance(problem_id, str | int):
         raise ProblemSetError(f"{where}: id must be a string or an integer")
+    if isinstance(problem_id, str) and not problem_id.strip():
+        raise ProblemSetError(f"{where}: id is blank")
+    if len(str(problem_id)) > MAX_ID_CHARS:
+        raise ProblemSetError(f"{where}: id is longer than {MAX_ID_CHARS} characters")
     texts = {}
     for key in ("problem", "answer", "prompt"):
         value = data.get(key)

@@ -52,8 +52,10 @@ class EvalReport:
         for model, samples in self.samples.items():
             failed = [s for s in samples if s.get("error")]
             if failed:
+                hint = "; lower --max-tokens to what the server's context holds" \
+                    if "max_tokens" in failed[0]["error"] else ""
                 lines.append(f"{model}: {len(failed)} sample{'s' if len(failed) != 1 else ''} "
-                             f"could not be decoded (first: {failed[0]['error']})")
+                             f"could not be decoded (first: {failed[0]['error']}){hint}")
             unchecked = [s for s in samples if s.get("check_note") and not s.get("correct")]
             if unchecked:
                 lines.append(f"{model}: {len(unchecked)} answer(s) counted wrong: "
@@ -84,12 +86,18 @@ class EvalReport:
             return (label.ljust(_LABEL_WIDTH) + "".join(c.ljust(width) for c in cells)).rstrip()
 
         scores = self.scores
+        decoded = {score.model: any(not s.get("error") for s in self.samples[score.model])
+                   for score in scores}
+
+        def rate(score: ModelScore, value: float) -> str:
+            return _percent(value) if decoded[score.model] else "-"
+
         lines = [
             row("", [s.model for s in scores]),
-            row("pass@1", [_percent(s.pass_at_1) for s in scores]),
-            row("  95% interval", [_interval(s) for s in scores]),
-            row(f"cons@{k}", [_percent(s.cons_at_k) for s in scores]),
-            row("format", [_percent(s.format_rate) for s in scores]),
+            row("pass@1", [rate(s, s.pass_at_1) for s in scores]),
+            row("  95% interval", [_interval(s) if decoded[s.model] else "-" for s in scores]),
+            row(f"cons@{k}", [rate(s, s.cons_at_k) for s in scores]),
+            row("format", [rate(s, s.format_rate) for s in scores]),
             row("reasoning tokens", [_number(s.mean_reasoning_tokens, "{:.0f}") for s in scores]),
             row("seconds / sample", [_number(s.mean_seconds, "{:.2f}") for s in scores]),
             row("seconds / problem", [_number(s.seconds_per_problem, "{:.2f}") for s in scores]),
@@ -103,40 +111,51 @@ class EvalReport:
 
     # ---- history and export ----------------------------------------------------------------
 
-    def save(self, db_path: Path, results_path: Path | None) -> list[str]:
-        """One history row per model that has samples, none failed (a failed sample is not a
-        wrong answer: the score would be too low); the models left out."""
+    def save(self, model: str, db_path: Path, results_path: Path | None) -> bool:
+        """`model`'s history row, written as soon as the model is done (a later model's
+        failure or Ctrl+C must not lose it). Not when a sample failed (a failed sample is not a
+        wrong answer: the score would be too low), nor when the same row is there already (a
+        rerun that decoded nothing). False when left out for failed samples."""
         from localr1.store import Store
 
-        left_out = [model for model, samples in self.samples.items()
-                    if any(s.get("error") for s in samples)]
+        score = next(s for s in self.scores if s.model == model)
+        if any(s.get("error") for s in self.samples[model]):
+            return False
+        if not score.samples:
+            return True
+        interval = score.pass_at_1_interval or (None, None)
+        row = dict(
+            model=score.model, set_name=self.problem_set.name,
+            set_digest=self.problem_set.digest, problems=score.problems,
+            samples=score.samples_per_problem, pass_at_1=score.pass_at_1,
+            ci_low=interval[0], ci_high=interval[1], cons_at_k=score.cons_at_k,
+            format_rate=score.format_rate, mean_reasoning_tokens=score.mean_reasoning_tokens,
+            seconds_per_sample=score.mean_seconds, params=self.settings.recorded(),
+            solved=score.solved,
+            results_path=str(results_path.resolve()) if results_path else None)
         store = Store.open(db_path)
         try:
-            for score in self.scores:
-                if not score.samples or score.model in left_out \
-                        or score.model not in self.decoded:
-                    continue
-                interval = score.pass_at_1_interval or (None, None)
-                store.add_eval_run(
-                    model=score.model, set_name=self.problem_set.name,
-                    set_digest=self.problem_set.digest, problems=score.problems,
-                    samples=score.samples_per_problem, pass_at_1=score.pass_at_1,
-                    ci_low=interval[0], ci_high=interval[1], cons_at_k=score.cons_at_k,
-                    format_rate=score.format_rate,
-                    mean_reasoning_tokens=score.mean_reasoning_tokens,
-                    seconds_per_sample=score.mean_seconds, params=self.settings.recorded(),
-                    solved=score.solved,
-                    results_path=str(results_path.resolve()) if results_path else None,
-                    started_at=self.started_at)
+            if model in self.decoded or not _stored(store, row):
+                store.add_eval_run(**row, started_at=self.started_at)
         finally:
             store.close()
-        return left_out
+        return True
 
     def export_sft(self, path: Path, *, max_solved: int | None,
                    shortest: bool) -> ExportSummary:
         problems = {problem.id: problem for problem in self.problem_set.problems}
         samples = [s for model_samples in self.samples.values() for s in model_samples]
         return export_sft(samples, problems, path, max_solved=max_solved, shortest=shortest)
+
+
+def _stored(store, row: dict[str, Any]) -> bool:
+    """Whether the history has this very result already (same model, set, settings, counts,
+    results file and scores)."""
+    keys = ("set_digest", "problems", "samples", "pass_at_1", "cons_at_k", "params",
+            "results_path")
+    return any(all(getattr(run, key) == row[key] for key in keys)
+               and tuple(run.solved) == tuple(row["solved"])
+               for run in store.eval_runs(model=row["model"], limit=None))
 
 
 def history_records(db_path: Path, models: tuple[str, ...] = ()) -> list[dict[str, Any]]:

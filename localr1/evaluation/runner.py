@@ -2,17 +2,18 @@
 
 Every (problem, sample) pair is one record of the batch runner, so decoding goes through the
 same parallel decoder as `localr1 batch --parallel` (or an endpoint's requests in flight), with
-a seed derived from the run's seed and the pair: the same sample text whatever the
-parallelism, order or resume. Each finished sample is scored (the last `\\boxed{}` of the
-answer checked with math-verify, and R1's format rule) and appended to the results file at
-once, so a killed run loses only the samples in flight and a rerun decodes only what is missing.
+a seed derived from the run's seed and the pair: the same sample text whatever the order or
+resume (at the same --parallel: another batches llama.cpp's arithmetic differently). Each
+finished sample is scored (the last `\\boxed{}` of the answer checked with math-verify, and
+R1's format rule) and appended to the results file at once, so a killed run loses only the
+samples in flight and a rerun decodes only what is missing.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from localr1.batch import BatchItem, BatchOptions, BatchSummary, record_seed, run_batch
@@ -64,9 +65,22 @@ class ModelRun:
     parallel: int = 1
     n_ctx_per_sequence: int = 4096
     threads: int = 0
-    # A model whose context cannot hold the prompt and --max-tokens gets what fits; the
-    # settings (and so the results file) keep what was asked.
-    max_tokens: int | None = None
+    # Each problem's prompt tokens (local models): a problem whose prompt and --max-tokens do
+    # not both fit the context gets what fits, and one whose prompt alone does not fit fails
+    # alone; the settings (and so the results file) keep what was asked.
+    prompt_tokens: dict[str, int] | None = None
+
+
+# Tokens kept free beyond the prompt's for the template's closing tokens.
+PROMPT_MARGIN = 16
+
+
+def reply_room(run: ModelRun, problem: Problem, max_tokens: int) -> int:
+    """The tokens a reply to `problem` may take in `run`'s context (< 1: none fits)."""
+    if run.prompt_tokens is None:
+        return max_tokens  # an endpoint: the server fits it
+    room = run.n_ctx_per_sequence - run.prompt_tokens[problem.id] - PROMPT_MARGIN
+    return min(max_tokens, room)
 
 
 def sample_id(problem_id: str, sample: int) -> str:
@@ -74,15 +88,26 @@ def sample_id(problem_id: str, sample: int) -> str:
 
 
 def pending_items(problem_set: ProblemSet, settings: EvalSettings, done: set[tuple[str, str, int]],
-                  model: str) -> list[tuple[BatchItem, Problem, int]]:
-    """The (problem, sample) pairs of `model` not yet in the results, problem by problem."""
+                  run: ModelRun) -> list[tuple[BatchItem, Problem, int]]:
+    """The (problem, sample) pairs of `run`'s model not yet in the results, problem by
+    problem, each with the reply room its prompt leaves."""
     pending = []
     for line, problem in enumerate(problem_set.problems, start=1):
+        room = reply_room(run, problem, settings.max_tokens)
         for sample in range(settings.samples):
-            if sample_key(model, problem.id, sample) in done:
+            if sample_key(run.label, problem.id, sample) in done:
                 continue
-            item = BatchItem(id=sample_id(problem.id, sample), line=line,
-                             messages=(ChatMessage("user", user_prompt(problem)),))
+            item_id = sample_id(problem.id, sample)
+            if room < 1:
+                item = BatchItem(id=item_id, line=line, error=(
+                    f"problem {problem.id}: its prompt needs {run.prompt_tokens[problem.id]} "
+                    f"tokens, more than the model's context of {run.n_ctx_per_sequence} "
+                    "leaves"))
+            else:
+                item = BatchItem(id=item_id, line=line,
+                                 messages=(ChatMessage("user", user_prompt(problem)),),
+                                 params={"max_tokens": room}
+                                 if room < settings.max_tokens else {})
             pending.append((item, problem, sample))
     return pending
 
@@ -127,12 +152,9 @@ def evaluate_model(run: ModelRun, problem_set: ProblemSet, settings: EvalSetting
                    cancel: threading.Event | None = None) -> BatchSummary:
     """Decode and score `run`'s missing samples of `problem_set`, appending each to
     `results` as it finishes."""
-    pending = pending_items(problem_set, settings, results.done_keys(), run.label)
+    pending = pending_items(problem_set, settings, results.done_keys(), run)
     by_id = {item.id: (problem, sample) for item, problem, sample in pending}
-    params = settings.params()
-    if run.max_tokens is not None and run.max_tokens < params.max_tokens:
-        params = replace(params, max_tokens=run.max_tokens)
-    options = BatchOptions(model_label=run.label, params=params,
+    options = BatchOptions(model_label=run.label, params=settings.params(),
                            parallel=run.parallel, n_ctx_per_sequence=run.n_ctx_per_sequence,
                            threads=run.threads, seed=settings.seed)
 
