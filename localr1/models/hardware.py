@@ -107,7 +107,13 @@ def backend_info() -> BackendInfo:
 def _has_local_gpu() -> bool:
     """Whether llama.cpp has a GPU of this machine to offload to. Not
     llama_supports_gpu_offload(): that is true in every build with RPC, GPU or not."""
-    return bool(local_gpu_devices())
+    try:
+        return bool(local_gpu_devices())
+    except AttributeError:  # a libllama that does not pass ggml's symbols on (Windows DLLs)
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload()) \
+            and not llama_cpp.llama_supports_rpc()
 
 
 def local_gpu_devices() -> list[int]:
