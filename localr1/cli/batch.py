@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -84,7 +85,6 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
     )
     from localr1.cli.main import gpu_layers_option_value, no_model_message
     from localr1.config import load_settings
-    from localr1.engine import ggml_abort
     from localr1.engine.llama_engine import Engine, EngineConfig, GenerationParams
     from localr1.models.choice import choose_model, record_use
     from localr1.models.decode_options import draft_name
@@ -149,19 +149,11 @@ def batch(input_path: Path | None, output: Path | None, model: str | None, paral
                                    f"{exc.strerror or exc}") from None
 
     progress = _Progress() if sys.stderr.isatty() else None
-    if progress:  # a lost RPC worker's line (printed from llama.cpp's thread) starts a line
-        ggml_abort.set_before_abort(progress.clear)
-    cancel = threading.Event()
     try:
-        with engine:
+        with decoding(progress) as cancel, engine:
             summary = run_batch(engine, items, options, write, progress, cancel,
                                 save=saver.save if saver else None)
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
     finally:
-        if progress:
-            progress.clear()
         if output:
             _close_quietly(out)
     summary.skipped = skipped
@@ -185,6 +177,26 @@ def _read_template(path: Path) -> str:
     if len(text) > _TEMPLATE_LIMIT:
         raise click.BadParameter(f"{path}: larger than 1 MiB", param_hint="--template")
     return text
+
+
+@contextlib.contextmanager
+def decoding(progress) -> Iterator[threading.Event]:
+    """Around a decode that shows `progress` (None: none) on stderr: the cancel event, set by
+    Ctrl+C; the progress line cleared at the end, and before a lost RPC worker's line (printed
+    from llama.cpp's thread)."""
+    from localr1.engine import ggml_abort
+
+    if progress:
+        ggml_abort.set_before_abort(progress.clear)
+    cancel = threading.Event()
+    try:
+        yield cancel
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        if progress:
+            progress.clear()
 
 
 def _close_quietly(out) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -240,24 +239,13 @@ def _local_run(chosen, problem_set, settings, parallel, threads, gpu_layers, cha
 
 
 def _evaluate(run, problem_set, settings, results, checker):
-    from localr1.engine import ggml_abort
+    from localr1.cli.batch import decoding
     from localr1.evaluation.runner import evaluate_model
 
     progress = EvalProgress(run.label, results, problem_set, settings.samples) \
         if sys.stderr.isatty() else None
-    if progress:  # a lost RPC worker's line (printed from llama.cpp's thread) starts a line
-        ggml_abort.set_before_abort(progress.clear)
-    cancel = threading.Event()
-    try:
-        with run.engine:
-            return evaluate_model(run, problem_set, settings, results, checker, progress,
-                                  cancel)
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
-    finally:
-        if progress:
-            progress.clear()
+    with decoding(progress) as cancel, run.engine:
+        return evaluate_model(run, problem_set, settings, results, checker, progress, cancel)
 
 
 def _context_per_sample(engine, problem_set, settings) -> tuple[int, dict[str, int]]:
