@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,6 +16,7 @@ from typing import Any
 
 from localr1.errors import ConfigError
 from localr1.rpc_endpoints import WorkerError, parse_endpoints
+from localr1.whole_file import replace_text
 
 # DeepSeek's recommendation for R1 and its distills: temperature 0.6, top_p 0.95, nothing else.
 # top_k and min_p are written out (and disabled) so llama.cpp's generic defaults
@@ -104,12 +104,9 @@ def set_default_model(path: Path, name: str) -> None:
         raise ConfigError(f"{path}: could not set default_model automatically; "
                           f"add the line default_model = {json.dumps(name)} by hand")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        replace_text(path, text)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write config: {exc}") from None
 
 

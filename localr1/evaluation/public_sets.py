@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from localr1.models.part_writer import file_sha256
 from localr1.models.pull_events import Notice, OnEvent, ignore_event
 from localr1.models.safe_paths import join_inside, shown_name
 from localr1.sizes import format_bytes
+from localr1.whole_file import replace_text
 
 SETS_FOLDER = "eval-sets"  # under the data folder
 SOURCE_FILE = "source.json"
@@ -163,7 +163,11 @@ def _download(spec: PublicSet, folder: Path, path: Path, on_event: OnEvent,
     record = {"name": spec.name, "repo": spec.repo, "revision": spec.revision,
               "commit": commit, "path": spec.path, "size": downloaded.size,
               "sha256": downloaded.sha256, "license": spec.license}
-    _write_atomically(folder / SOURCE_FILE, json.dumps(record, indent=1) + "\n")
+    source_file = folder / SOURCE_FILE
+    try:
+        replace_text(source_file, json.dumps(record, indent=1) + "\n")
+    except OSError as exc:
+        raise ProblemSetError(f"cannot write {source_file}: {exc.strerror or exc}") from None
     return record
 
 
@@ -182,13 +186,3 @@ def _commit_of(spec: PublicSet, deadline: Deadline) -> str:
     if not isinstance(commit, str) or not _COMMIT.match(commit):
         raise HubError(f"the Hub named no commit for {spec.repo} at {spec.revision}")
     return commit
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ProblemSetError(f"cannot write {path}: {exc.strerror or exc}") from None

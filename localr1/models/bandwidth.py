@@ -33,6 +33,7 @@ from pathlib import Path
 
 from localr1.errors import ConfigError
 from localr1.models import hardware
+from localr1.whole_file import replace_text
 
 CACHE_FILE_NAME = "memory_bandwidth.json"
 BUFFER_BYTES = 256 * 1024**2
@@ -229,10 +230,8 @@ def _write_cache(cache_file: Path, identity: dict[str, object], value: float, *,
     `provisional`: measured under load, so the next call measures again."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-        temporary.write_text(json.dumps({"machine": identity, "bytes_per_second": value,
-                                         "measured_at": time.time(),
-                                         "provisional": provisional}))
-        os.replace(temporary, cache_file)
+        replace_text(cache_file, json.dumps({"machine": identity, "bytes_per_second": value,
+                                             "measured_at": time.time(),
+                                             "provisional": provisional}))
     except OSError:
         pass
