@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from localr1.engine.events import AnswerDelta, GenerationParams, ReasoningDelta, TurnDone, TurnStats
-from localr1.engine.llama_engine import Engine
-from localr1.engine.parallel_decoder import SequenceRequest, check_grammar
+from localr1.engine.model_process import check_answer_grammar
+from localr1.engine.parallel_decoder import SequenceRequest
 from localr1.errors import ContextOverflowError, LocalR1Error
 from localr1.models.choice import ChosenModel
 from localr1.serve.api_error import ApiError
@@ -38,7 +38,7 @@ from localr1.serve.responses import (
     finish_reason,
     response_notes,
 )
-from localr1.serve.scheduler import DecoderFailed, Scheduler, Ticket
+from localr1.serve.scheduler import DecoderFailed, Scheduler, ServedEngine, Ticket
 from localr1.serve.stop_strings import StopMatcher
 
 log = logging.getLogger("localr1.serve")
@@ -145,13 +145,13 @@ def _too_large(limit: int) -> ApiError:
 
 
 async def _submit(state: ServeState, chosen: ChosenModel, chat: ChatRequest,
-                  ticket: Ticket) -> Engine:
-    def make(engine: Engine) -> SequenceRequest:
+                  ticket: Ticket) -> ServedEngine:
+    def make(engine: ServedEngine) -> SequenceRequest:
         n_ctx = state.scheduler.context_per_sequence(engine)
         prompt = engine.prepare_prompt(chat.messages, chat.params, system_prompt=chat.system,
                                        n_ctx=n_ctx)
         if chat.params.answer_grammar is not None:
-            check_grammar(engine, chat.params.answer_grammar)
+            check_answer_grammar(engine, chat.params.answer_grammar)
         return SequenceRequest(key=ticket, prompt=prompt, params=chat.params,
                                cancel=ticket.cancel)
 
@@ -187,7 +187,7 @@ def stopped_stats(stats: TurnStats) -> TurnStats:
 class _Turn:
     """One request's events as (kind, text) pieces: stop strings applied, the totals kept."""
 
-    def __init__(self, state: ServeState, chat: ChatRequest, ticket: Ticket, engine: Engine,
+    def __init__(self, state: ServeState, chat: ChatRequest, ticket: Ticket, engine: ServedEngine,
                  chosen: ChosenModel) -> None:
         self.state, self.chat, self.ticket = state, chat, ticket
         self.engine, self.chosen = engine, chosen

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from localr1.chat_session import ChatSession
+from localr1.engine.chat_engine import ChatEngine
 from localr1.engine.events import AnswerDelta, ReasoningDelta, TurnDone, TurnStats
-from localr1.engine.llama_engine import Engine
 from localr1.serve.request_parsing import ChatRequest
 from localr1.store import Store
 
@@ -14,7 +14,7 @@ class ChatLog:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def save(self, engine: Engine, model_label: str, request: ChatRequest, reasoning: str,
+    def save(self, engine: ChatEngine, model_label: str, request: ChatRequest, reasoning: str,
              answer: str, stats: TurnStats) -> int:
         """Store one answered request; returns the conversation id."""
         session = ChatSession(self.store, engine, model_label)

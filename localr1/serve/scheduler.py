@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from localr1.engine.events import Event, TurnDone
 from localr1.engine.llama_engine import Engine
+from localr1.engine.model_process import ProcessDecoder, ProcessEngine, open_decoder
 from localr1.engine.parallel_decoder import ParallelDecoder, RequestFeed, SequenceRequest
 from localr1.errors import LocalR1Error
 from localr1.models.choice import ChosenModel
@@ -50,8 +51,12 @@ class Ticket:
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
-LoadEngine = Callable[[ChosenModel], Engine]
-MakeRequest = Callable[[Engine], SequenceRequest]
+# An Engine, or a ProcessEngine when RPC workers take part (model_process): a lost worker then
+# fails the requests in flight like any llama.cpp error, and the model is loaded again.
+ServedEngine = Engine | ProcessEngine
+LoadEngine = Callable[[ChosenModel], ServedEngine]
+MakeRequest = Callable[[ServedEngine], SequenceRequest]
+Decoder = ParallelDecoder | ProcessDecoder
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._target: ChosenModel | None = first  # being loaded; None: none (after a failure)
         self._current: ChosenModel | None = None
-        self._engine: Engine | None = None
+        self._engine: ServedEngine | None = None
         self._feed: RequestFeed | None = None
         self._accepting = False
         self._wanted: deque[ChosenModel] = deque()  # the models to load next, in order asked
@@ -111,7 +116,7 @@ class Scheduler:
         self.begin_stop()
         self._thread.join()
 
-    def context_per_sequence(self, engine: Engine) -> int:
+    def context_per_sequence(self, engine: ServedEngine) -> int:
         """Each request's context: --ctx, within what the model was trained for."""
         return min(self.shape.n_ctx_per_sequence,
                    engine.info.n_ctx_train or self.shape.n_ctx_per_sequence)
@@ -141,7 +146,7 @@ class Scheduler:
 
     # ---- requests (from handler threads) -------------------------------------------------
 
-    def submit(self, chosen: ChosenModel, make: MakeRequest) -> Engine:
+    def submit(self, chosen: ChosenModel, make: MakeRequest) -> ServedEngine:
         """Wait until `chosen` is the model in memory (swapping if it must), build the request
         with its engine and hand it to the decoder. Returns that engine."""
         with self._cond:
@@ -241,9 +246,9 @@ class Scheduler:
             try:
                 engine = self._load(target)
                 try:
-                    decoder = ParallelDecoder(engine, self.shape.parallel,
-                                              self.context_per_sequence(engine),
-                                              self.shape.threads)
+                    decoder = open_decoder(engine, self.shape.parallel,
+                                           self.context_per_sequence(engine),
+                                           self.shape.threads)
                 except BaseException:
                     engine.close()
                     raise
@@ -273,7 +278,7 @@ class Scheduler:
                 self._target = None
             return True
 
-    def _serve(self, target: ChosenModel, engine: Engine, decoder: ParallelDecoder) -> None:
+    def _serve(self, target: ChosenModel, engine: ServedEngine, decoder: Decoder) -> None:
         feed = RequestFeed()
         with self._cond:
             self._loads += 1

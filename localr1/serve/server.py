@@ -12,7 +12,8 @@ import uvicorn
 
 from localr1.config import Settings
 from localr1.engine.events import GenerationParams
-from localr1.engine.llama_engine import Engine, EngineConfig
+from localr1.engine.llama_engine import EngineConfig
+from localr1.engine.model_process import load_engine
 from localr1.errors import LocalR1Error
 from localr1.models.choice import ChosenModel
 from localr1.models.decode_options import LOOKUP
@@ -21,7 +22,7 @@ from localr1.serve.app import ServeState, create_app
 from localr1.serve.chat_log import ChatLog
 from localr1.serve.model_names import ModelNames, same_file
 from localr1.serve.responses import ReasoningFormat
-from localr1.serve.scheduler import DecoderShape, Scheduler
+from localr1.serve.scheduler import DecoderShape, Scheduler, ServedEngine
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # The engine's own context is unused (requests decode in the parallel decoder's): keep it small.
@@ -65,11 +66,12 @@ class Server:
                  options: ServeOptions) -> None:
         self.options = options
 
-        def load(chosen: ChosenModel) -> Engine:
+        def load(chosen: ChosenModel) -> ServedEngine:
             first_model = same_file(chosen.path, first.path)
             chat_format = options.chat_format if first_model else None
             draft = options.draft if first_model or options.draft == LOOKUP else None
-            return Engine.load(EngineConfig.from_settings(
+            # With RPC workers, in a child process: a lost worker ends it, not the server.
+            return load_engine(EngineConfig.from_settings(
                 chosen.path, settings, context_size=_ENGINE_CONTEXT,
                 gpu_layers=options.gpu_layers, threads=options.threads,
                 chat_format=chat_format, draft=draft))

@@ -32,7 +32,7 @@ from localr1.tui.terminal_driver import terminal_driver_class
 
 if TYPE_CHECKING:  # llama.cpp's bindings, the model library: loaded after the first paint
     from localr1.engine.chat_engine import ChatEngine
-    from localr1.engine.llama_engine import Engine, EngineConfig
+    from localr1.engine.llama_engine import EngineConfig
 
 ModelState = Literal["none", "loading", "ready", "failed"]
 SHUTDOWN_WAIT_SECONDS = 10.0  # for a stopped turn to save its partial answer
@@ -47,7 +47,7 @@ class LocalR1App(App[None]):
         Binding("f1", "help", "Keys"),
     ]
 
-    def __init__(self, *, store: Store | Path | None = None, engine: Engine | None = None,
+    def __init__(self, *, store: Store | Path | None = None, engine: ChatEngine | None = None,
                  model_path: Path | None = None, model_label: str | None = None,
                  settings: Settings | None = None, conversation_id: int | None = None,
                  paths: AppPaths | None = None, prefs: TuiPrefs | None = None,
@@ -153,8 +153,8 @@ class LocalR1App(App[None]):
         self.call_after_refresh(self._load, config, self.engine if self._owns_engine else None)
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
-    def _load(self, config: EngineConfig, previous: Engine | None) -> None:
-        from localr1.engine.llama_engine import Engine
+    def _load(self, config: EngineConfig, previous: ChatEngine | None) -> None:
+        from localr1.engine.model_process import load_engine
         from localr1.models.choice import name_model, record_use
 
         # Free the old model first: two big models at once may not fit in memory.
@@ -162,7 +162,9 @@ class LocalR1App(App[None]):
             self.engine = None
             previous.close()
         try:
-            engine = Engine.load(config)
+            # With RPC workers the model is in a child process: a lost worker ends that
+            # process, not the app (the turn fails with the reason, the next one reloads).
+            engine = load_engine(config)
         except LocalR1Error as exc:
             self.post_message(ModelLoadFailed(config, str(exc)))
         except Exception as exc:  # llama.cpp can raise anything; report it, keep running

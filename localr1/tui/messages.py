@@ -13,13 +13,14 @@ from textual.message import Message
 
 if TYPE_CHECKING:  # the engine loads llama.cpp's bindings: not needed to draw the first screen
     from localr1.chat_session import TurnSaved
+    from localr1.engine.chat_engine import ChatEngine
     from localr1.engine.events import TurnStats
-    from localr1.engine.llama_engine import Engine, EngineConfig
+    from localr1.engine.llama_engine import EngineConfig
 
 
 @dataclass
 class ModelLoaded(Message):
-    engine: Engine
+    engine: ChatEngine  # an Engine, or a ProcessEngine (a model that uses RPC workers)
     config: EngineConfig
     label: str
     draft_label: str | None = None  # the draft model's name, or "lookup"
