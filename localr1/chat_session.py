@@ -2,8 +2,8 @@
 
 The user message is committed before generation starts; the answer is written through the
 store's AssistantMessageWriter (row at the first token, flushed at least once a second, real
-finish reason at the end). History sent to the model is the conversation's active branch, with
-reasoning left out by `prompting`.
+finish reason at the end; flushed once more if a lost RPC worker ends the process). History
+sent to the model is the conversation's active branch, with reasoning left out by `prompting`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from localr1.chat_message import ChatMessage
+from localr1.engine import ggml_abort
 from localr1.engine.chat_engine import ChatEngine
 from localr1.engine.events import (
     AnswerDelta,
@@ -79,7 +80,9 @@ class ChatSession:
                                                                  user_message_id)]
         writer = self.store.assistant_writer(conversation_id, parent_id=user_message_id,
                                              model=self.model_label)
-        with writer:  # leaving early records 'cancelled' (Ctrl+C) or 'error'
+        # Leaving early records 'cancelled' (Ctrl+C) or 'error'; a lost RPC worker ends the
+        # process from another thread, after the text streamed so far is written.
+        with writer, ggml_abort.on_exit(writer.flush_before_exit):
             for event in self.engine.stream_chat(history, params, cancel=cancel,
                                                  answer_now=answer_now,
                                                  system_prompt=conversation.system_prompt):

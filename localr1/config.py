@@ -50,6 +50,7 @@ class Settings:
     draft_max: int = 16  # tokens drafted per step at most (llama.cpp's --draft-max)
     draft_min: int = 0  # fewer drafted tokens than this are not worth a target pass
     rpc: tuple[str, ...] = ()  # "host:port" of `localr1 worker`s that take part of the layers
+    rpc_timeout: float = 30.0  # seconds a decode waits on silent RPC workers (rpc_watchdog)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +157,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "draft_max": (int,),
     "draft_min": (int,),
     "rpc": (list, tuple),
+    "rpc_timeout": (float, int),
 }
 
 # The KV cache element types offered (llama.cpp's GGML types; quantized V needs flash attention).
@@ -184,6 +186,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "draft_model": (lambda v: bool(v.strip()), "must name a model, a GGUF path or \"lookup\""),
     "draft_max": (lambda v: 1 <= v <= 256, "must be 1 to 256"),
     "draft_min": (lambda v: 0 <= v <= 256, "must be 0 to 256"),
+    "rpc_timeout": (lambda v: 1.0 <= v <= 86400.0, "must be 1 to 86400 seconds"),
 }
 
 

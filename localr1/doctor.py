@@ -90,10 +90,10 @@ def _check_rpc() -> Check:
     """Whether `localr1 worker` and `--rpc` can work: llama.cpp's RPC backend is a build option."""
     from localr1.engine import rpc_backend
 
-    if rpc_backend.rpc_supported():
+    problem = rpc_backend.rpc_problem()
+    if problem is None:
         return Check("RPC", "ok", "yes (localr1 worker and --rpc can split a model over machines)")
-    return Check("RPC", "warn", "no: this llama-cpp-python was built without the RPC backend "
-                                "(localr1 worker and --rpc need it)",
+    return Check("RPC", "warn", f"no: {problem} (localr1 worker and --rpc need it)",
                  f"rebuild with RPC: {rpc_backend.reinstall_command()}")
 
 

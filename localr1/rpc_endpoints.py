@@ -24,6 +24,12 @@ class WorkerError(LocalR1Error):
     """An RPC worker that cannot be used: one line naming the worker and what happened."""
 
 
+class WorkerBusyError(WorkerError):
+    """A worker that took the connection but did not answer the hello in time: llama.cpp's RPC
+    server serves one client at a time, so most likely alive and serving another one (or a
+    listener that is no RPC worker); not down."""
+
+
 def parse_endpoints(values: str | Iterable[str]) -> tuple[str, ...]:
     """"h:p,h:p" or a list of such strings as checked "host:port" endpoints, in order, each
     once; a one-line WorkerError for the first bad one."""

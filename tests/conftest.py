@@ -16,7 +16,7 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
-from localr1.engine.rpc_backend import reinstall_command, rpc_supported  # noqa: E402
+from localr1.engine.rpc_backend import reinstall_command, rpc_problem  # noqa: E402
 from tests.fixtures.scripted_models import (  # noqa: E402
     LOOP_CONTEXT_LENGTH,
     build_scripted_model,
@@ -28,8 +28,8 @@ SMOLLM2_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # developer's plain build skips them, and CI (.ci/run sets LOCALR1_REQUIRE_RPC=1) runs them,
 # so there they fail rather than skip.
 requires_rpc = pytest.mark.skipif(
-    not rpc_supported() and not os.environ.get("LOCALR1_REQUIRE_RPC"),
-    reason=f"this llama-cpp-python has no RPC backend; rebuild it: {reinstall_command()}")
+    rpc_problem() is not None and not os.environ.get("LOCALR1_REQUIRE_RPC"),
+    reason=f"{rpc_problem()}; reinstall it: {reinstall_command()}")
 
 # Batched prompt evaluation of a quantized model, run in a child process: a llama.cpp built with
 # instructions the CPU (or VM) cannot execute dies with SIGILL, which would otherwise kill the
@@ -172,3 +172,24 @@ def engine_loads(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(Engine, "load", classmethod(spy))
     return seen
+
+
+@pytest.fixture()
+def workers(tmp_path: Path):
+    """Two `localr1 worker`s on free loopback ports, killed at the end (stopped ones too)."""
+    from tests.rpc_workers import Worker
+
+    started = []
+    try:
+        started.extend(Worker(tmp_path) for _ in range(2))
+        yield started
+    finally:
+        for worker in started:
+            worker.kill()
+
+
+@pytest.fixture(scope="session")
+def long_loop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Thinks on without end, with room for thousands of tokens (the RPC fault tests)."""
+    return build_scripted_model(tmp_path_factory.mktemp("rpc-models") / "loop-8k.gguf", "loop",
+                                context_length=8192)

@@ -2,8 +2,8 @@
 
 A worker that is down at start is found by rpc_backend's probe before llama.cpp connects (it
 would abort). A worker killed mid-answer makes llama.cpp's RPC client abort; ggml_abort's hook
-names the worker that no longer takes connections and exits 1 (no SIGABRT, no C text), and
-what was streamed so far stays saved.
+names the worker that no longer takes connections and exits 1 (no SIGABRT, no C text), after
+the answer is flushed: the history holds it up to the last token printed.
 
 Real parts only: two `localr1 worker` subprocesses on free loopback ports, clients as
 subprocesses (registering RPC devices is process-wide, so never in pytest's process), the
@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,10 +27,20 @@ from pathlib import Path
 import pytest
 
 from localr1.engine import ggml_abort
-from localr1.paths import app_paths
 from tests.conftest import requires_rpc
 from tests.fixtures import scripted_models as sm
-from tests.rpc_workers import Worker, free_port, localr1_args, wait_until
+from tests.rpc_workers import (
+    Worker,
+    assistant_rows,
+    free_port,
+    localr1_args,
+    localr1_process,
+    lost_line,
+    rpc_options,
+    short_and_long_prompts,
+    single_line,
+    wait_until,
+)
 
 pytestmark = requires_rpc
 
@@ -47,50 +56,6 @@ def localr1(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
                           env=os.environ.copy(), timeout=timeout)
 
 
-@pytest.fixture()
-def workers(tmp_path: Path) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    try:
-        started.extend(Worker(tmp_path) for _ in range(2))
-        yield started
-    finally:
-        for worker in started:
-            worker.kill()
-
-
-@pytest.fixture(scope="module")
-def long_loop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Thinks on without end, with room for thousands of tokens."""
-    return sm.build_scripted_model(tmp_path_factory.mktemp("rpc-models") / "loop-8k.gguf",
-                                   "loop", context_length=8192)
-
-
-def assistant_rows() -> list[tuple[int, int, str, str | None, str | None]]:
-    """(id, conversation_id, content, reasoning, finish_reason) of every saved answer."""
-    db_path = app_paths().db_path
-    if not db_path.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT id, conversation_id, content, reasoning, finish_reason "
-                              "FROM messages WHERE role = 'assistant'").fetchall()
-    except sqlite3.OperationalError:  # the schema is being created
-        return []
-
-
-def single_line(path: Path) -> str:
-    text = path.read_text()
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    return lines[0]
-
-
-def rpc_options(*endpoints: str) -> list[str]:
-    # Every layer on the workers: the scripted model's one layer lands on the first worker and
-    # its output layer on the second, so each token goes through both.
-    return ["--rpc", ",".join(endpoints), "--gpu-layers", "all", "--threads", "1"]
-
-
 # ---- a worker killed mid-answer ------------------------------------------------------------
 
 
@@ -100,13 +65,10 @@ def test_run_with_a_worker_killed_mid_answer_says_which_and_keeps_the_answer(
     first, second = workers
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     hide = ["--hide-reasoning"] if reasoning == "hidden" else []
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        client = subprocess.Popen(
-            localr1_args("run", "-m", long_loop_model, *rpc_options(first.endpoint,
-                                                                     second.endpoint),
-                         "--ctx", 8192, "--max-tokens", 8000, *hide, "think on"),
-            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=os.environ.copy())
-    try:
+    with localr1_process("run", "-m", long_loop_model,
+                         *rpc_options(first.endpoint, second.endpoint), "--ctx", 8192,
+                         "--max-tokens", 8000, *hide, "think on", stdout=out,
+                         stderr=err) as client:
         # Streaming, and the first flush (at least once a second) has reached the database.
         [(message_id, conversation_id, _, streamed, _)] = wait_until(
             lambda: [row for row in assistant_rows() if len(row[3] or "") > 100],
@@ -115,18 +77,16 @@ def test_run_with_a_worker_killed_mid_answer_says_which_and_keeps_the_answer(
         killed_at = time.monotonic()
         returncode = client.wait(timeout=60)
         took = time.monotonic() - killed_at
-    finally:
-        if client.poll() is None:
-            client.kill()
     assert returncode == 1, err.read_text()[-2000:]
     assert took < KILL_TO_LINE_LIMIT, took
-    line = f"localr1: RPC worker {first.endpoint} stopped answering (connection refused)"
+    line = "localr1: " + lost_line(first.endpoint)
     if reasoning == "hidden":
         assert single_line(err) == line
     else:  # the line starts a line of its own after the streamed reasoning
-        streamed_text, last_line = err.read_text().rstrip("\n").rsplit("\n", 1)
-        assert last_line == line
-        assert (sm.LOOP_CYCLE_TEXT * 100).startswith(streamed_text)
+        printed = err.read_text()
+        assert printed.endswith("\n" + line + "\n")
+        printed = printed.removesuffix(line + "\n")
+        assert (sm.LOOP_CYCLE_TEXT * 100).startswith(printed.rstrip("\n"))
     assert out.read_text() == ""  # nothing leaked to stdout either (no C abort text anywhere)
 
     # The answer so far is kept, marked as cut off.
@@ -136,6 +96,8 @@ def test_run_with_a_worker_killed_mid_answer_says_which_and_keeps_the_answer(
     assert answer["finish_reason"] == "incomplete"
     assert answer["reasoning"].startswith(streamed)
     assert (sm.LOOP_CYCLE_TEXT * 100).startswith(answer["reasoning"].lstrip())
+    if reasoning == "shown":  # flushed as the process ended: up to the last token printed
+        assert printed in (answer["reasoning"], answer["reasoning"] + "\n")
 
     # The other worker goes on serving once its client is gone.
     wait_until(second.answers, "the surviving worker to answer again", timeout=60)
@@ -144,30 +106,21 @@ def test_run_with_a_worker_killed_mid_answer_says_which_and_keeps_the_answer(
 def test_batch_with_a_worker_killed_mid_batch_says_which_and_keeps_finished_records(
         workers, long_loop_model, tmp_path):
     first, second = workers
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"id": "short", "prompt": "hi", "params": {"max_tokens": 8}})
-                       + "\n" + json.dumps({"id": "long", "prompt": "think on"}) + "\n")
+    prompts = short_and_long_prompts(tmp_path)
     records, err = tmp_path / "records.jsonl", tmp_path / "stderr"
-    with open(err, "wb") as stderr:
-        client = subprocess.Popen(
-            localr1_args("batch", prompts, "-o", records, "-m", long_loop_model,
-                         *rpc_options(first.endpoint, second.endpoint), "--max-tokens", 1500),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-            env=os.environ.copy())
-    try:
+    with localr1_process("batch", prompts, "-o", records, "-m", long_loop_model,
+                         *rpc_options(first.endpoint, second.endpoint), "--max-tokens", 1500,
+                         stderr=err) as client:
         wait_until(lambda: records.exists() and '"short"' in records.read_text(),
                    "the first record", timeout=180, poll=client)
         first.kill()  # while the second record decodes
         killed_at = time.monotonic()
         returncode = client.wait(timeout=60)
         took = time.monotonic() - killed_at
-    finally:
-        if client.poll() is None:
-            client.kill()
     assert returncode == 1, err.read_text()
     assert took < KILL_TO_LINE_LIMIT, took
     assert single_line(err) == \
-        f"localr1: RPC worker {first.endpoint} stopped answering (connection refused)"
+        "localr1: " + lost_line(first.endpoint)
     # The finished record is kept (a rerun resumes after it); the one in flight is not written.
     [record] = [json.loads(line) for line in records.read_text().splitlines()]
     assert record["id"] == "short"
@@ -178,9 +131,7 @@ def test_batch_on_a_terminal_clears_its_progress_line_before_the_fault_line(
     from tests.pty_terminal import run_on_terminal
 
     first, second = workers
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"id": "short", "prompt": "hi", "params": {"max_tokens": 8}})
-                       + "\n" + json.dumps({"id": "long", "prompt": "think on"}) + "\n")
+    prompts = short_and_long_prompts(tmp_path)
     records = tmp_path / "records.jsonl"
     stop_waiting = threading.Event()
 
@@ -203,7 +154,7 @@ def test_batch_on_a_terminal_clears_its_progress_line_before_the_fault_line(
         killer.join()
     text = output.decode("utf-8", "replace")
     assert code == 1, text[-2000:]
-    line = f"localr1: RPC worker {first.endpoint} stopped answering (connection refused)"
+    line = "localr1: " + lost_line(first.endpoint)
     assert "tokens/s" in text  # the progress line was shown
     assert text.endswith("\r\x1b[K" + line + "\r\n"), text[-300:]
 

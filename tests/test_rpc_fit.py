@@ -1,6 +1,7 @@
 """Fit labels that count RPC workers' free memory: a model too large for this machine "fits
 (with 2 workers)" with `--rpc` or config.toml's `rpc`; a worker that does not answer costs at
-most fit.WORKER_TIMEOUT and leaves this machine's label, noted "workers unreachable: local only".
+most fit.WORKER_TIMEOUT and leaves this machine's label, noted "workers unreachable: local only",
+or "workers busy: local only" when it took the connection but serves another client.
 
 The workers are `localr1 worker` subprocesses on loopback; their memory is asked in Python
 (rpc_backend.worker_memory), which registers nothing, so asking it here is safe. The commands
@@ -8,8 +9,10 @@ run as subprocesses, like a user's."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ from localr1.engine import rpc_backend
 from localr1.models import fit, hardware
 from localr1.paths import app_paths
 from tests.conftest import requires_rpc
-from tests.rpc_workers import free_port, two_workers
+from tests.rpc_workers import free_port, two_workers, wait_until
 from tests.test_rpc_run import write_config
 from tests.test_run_cli import localr1
 from tests.tui.conftest import SIZE, make_app, prefill_engine, store, wait_for  # noqa: F401
@@ -28,6 +31,9 @@ from tests.tui.conftest import SIZE, make_app, prefill_engine, store, wait_for  
 GB = 1_000_000_000
 GIB = 1024**3
 NOTE = "workers unreachable: local only"
+BUSY = "workers busy: local only"
+HELLO_UNANSWERED = "no answer to the RPC hello in time (busy serving another client, or not an " \
+    "RPC worker)"
 
 
 # ---- the label, from given figures -----------------------------------------------------------
@@ -103,9 +109,12 @@ def test_a_closed_port_is_unreachable_at_once():
 
 
 def test_a_build_without_rpc_counts_no_workers_and_says_how_to_rebuild(monkeypatch):
-    monkeypatch.setattr(rpc_backend, "rpc_supported", lambda: False)
+    monkeypatch.setattr(rpc_backend, "rpc_problem",
+                        lambda: "this llama-cpp-python was built without llama.cpp's RPC backend")
     workers = fit.rpc_workers(["127.0.0.1:50052"])
     assert not workers.counted and workers.note == "no RPC in this build: local only"
+    assert workers.problem.startswith("this llama-cpp-python was built without llama.cpp's "
+                                      "RPC backend; reinstall it with: ")
     assert 'CMAKE_ARGS="-DGGML_RPC=on' in workers.problem
 
 
@@ -120,8 +129,22 @@ def test_a_silent_worker_costs_the_timeout_at_most():
         workers = fit.rpc_workers([endpoint, endpoint.replace("127.0.0.1", "localhost")])
         took = time.monotonic() - started
     assert took < fit.WORKER_TIMEOUT + 1, took
-    assert not workers.counted and workers.note == NOTE
-    assert workers.problem.startswith(f"{endpoint}: no answer to the RPC hello in time")
+    assert not workers.counted and workers.note == BUSY
+    assert workers.problem.startswith(f"{endpoint}: {HELLO_UNANSWERED}")
+
+
+@requires_rpc
+def test_busy_and_unreachable_workers_are_told_apart():
+    down = f"127.0.0.1:{free_port()}"
+    with socket.socket() as silent:  # takes the connection, answers nothing: as a busy worker
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        busy = f"127.0.0.1:{silent.getsockname()[1]}"
+        workers = fit.rpc_workers([busy, down])
+    assert not workers.counted and workers.note == "workers busy or unreachable: local only"
+    assert workers.problem == (f"{busy}: {HELLO_UNANSWERED}; {down}: no worker answers "
+                               "(connection refused)")
+    assert fit.rpc_workers([down]).note == NOTE
 
 
 # ---- two loopback workers --------------------------------------------------------------------
@@ -136,13 +159,15 @@ def test_worker_memory_asks_in_python_and_registers_nothing(workers):
 
     devices_before = bindings._lib.ggml_backend_dev_count()
     devices = rpc_backend.worker_memory(workers)
-    # A CPU worker reports its machine's RAM (ggml-cpu: "free" is its total).
+    # A CPU worker reports its machine's RAM, the available as free (engine/worker_ram.py).
     total = hardware.memory_info().total_bytes
     assert [(d.endpoint, d.name) for d in devices] == [(workers[0], "RPC0"), (workers[1], "RPC1")]
-    assert all(d.free_bytes == d.total_bytes and abs(d.total_bytes - total) < GIB
+    assert all(d.free_bytes < d.total_bytes and abs(d.total_bytes - total) < GIB
                for d in devices)
     assert bindings._lib.ggml_backend_dev_count() == devices_before
-    assert rpc_backend.worker_memory(workers) == devices  # each worker free for the next ask
+    again = rpc_backend.worker_memory(workers)  # each worker free for the next ask
+    assert [(d.endpoint, d.name, d.total_bytes) for d in again] == \
+        [(d.endpoint, d.name, d.total_bytes) for d in devices]
 
 
 # While a process holds a model on the workers, they answer nobody else (one client at a
@@ -176,7 +201,7 @@ def test_workers_this_process_holds_answer_from_when_it_connected(workers, r1_pr
 
 def big_catalog_entry() -> str:
     """A catalog model one and a half times this machine's available RAM: too large here,
-    within reach of this machine and two workers (each offers its machine's RAM)."""
+    within reach of this machine and two workers (each offers its machine's available RAM)."""
     size_gb = hardware.memory_info().available_bytes * 3 / 2 / GB
     path = app_paths().config_dir / "models.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,9 +286,47 @@ def test_an_unreachable_worker_gives_the_local_label_and_the_note_fast(workers):
         with_silent = time.monotonic() - started
     assert shown.returncode == 0, shown.stderr
     fit_line = next(line for line in shown.stdout.splitlines() if line.startswith("fit"))
-    assert f"too large for this machine ({NOTE})" in fit_line
-    assert shown.stderr.startswith(f"localr1: {endpoint}: no answer to the RPC hello in time")
+    assert f"too large for this machine ({BUSY})" in fit_line
+    assert shown.stderr.startswith(f"localr1: {endpoint}: {HELLO_UNANSWERED}")
     assert with_silent < local_only + fit.WORKER_TIMEOUT + 3, (with_silent, local_only)
+
+
+@contextlib.contextmanager
+def held_connection(endpoint: str):
+    """A client of the worker at `endpoint` that completed the hello and stays connected: the
+    worker (llama.cpp's RPC server, one client at a time) serves it and nobody else."""
+    host, _, port = endpoint.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(struct.pack("<BQ", rpc_backend.RPC_CMD_HELLO, rpc_backend.RPC_CONN_CAPS_SIZE)
+                     + bytes(rpc_backend.RPC_CONN_CAPS_SIZE))
+        reply = b""
+        while len(reply) < 8 + 4 + rpc_backend.RPC_CONN_CAPS_SIZE:  # size, version, caps
+            chunk = sock.recv(64)
+            assert chunk, "the worker closed the connection at the hello"
+            reply += chunk
+        yield
+
+
+@requires_rpc
+def test_a_worker_serving_another_client_is_busy_not_unreachable(workers):
+    name = big_catalog_entry()
+    busy, free = workers
+    # llama.cpp's server listens with a backlog of 1: two waiting connections at most, so two
+    # asks while it is held (the closed ones wait in its queue until it accepts them).
+    with held_connection(busy):
+        shown = localr1("show", name, "--rpc", busy)
+        started = time.monotonic()
+        asked = fit.rpc_workers([busy, free])
+        took = time.monotonic() - started
+    assert shown.returncode == 0, shown.stderr
+    fit_line = next(line for line in shown.stdout.splitlines() if line.startswith("fit"))
+    assert f"too large for this machine ({BUSY})" in fit_line
+    assert shown.stderr == (f"localr1: {busy}: {HELLO_UNANSWERED}; the fit labels count this "
+                            "machine only\n")
+    assert not asked.counted and asked.note == BUSY and took < fit.WORKER_TIMEOUT + 1
+    assert asked.problem == f"{busy}: {HELLO_UNANSWERED}"  # the free one answered
+    # Released, the worker answers the next ask (after the closed connections queued).
+    wait_until(lambda: fit.rpc_workers([busy]).counted, "the worker to answer again", timeout=30)
 
 
 # ---- the TUI's model manager -----------------------------------------------------------------

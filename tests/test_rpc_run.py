@@ -195,8 +195,10 @@ def test_config_rpc_and_gpu_layers(smollm2_model, workers):
     if BACKEND.can_offload:  # the local GPU takes a share by its free memory
         layers = re.fullmatch(split_pattern(*workers), placement)
         assert layers and int(layers[1]) == 27, placement
-    else:
-        assert placement == f"CPU 27 layers · RPC {workers[0]} 2 layers · RPC {workers[1]} 2 layers"
+    else:  # the 4 by each worker's available RAM (this machine's, asked a moment apart)
+        layers = re.fullmatch(split_pattern(*workers), placement)
+        assert layers and int(layers[1]) == 27, placement
+        assert sorted(int(count) for count in layers.groups()[1:]) in ([1, 3], [2, 2]), placement
 
 
 @requires_rpc

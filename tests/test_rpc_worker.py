@@ -21,20 +21,26 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from localr1.cli.main import cli
 from localr1.engine.rpc_backend import (
+    RPC_LLAMA_CPP_PYTHON,
     RPC_PROTO_MAJOR,
     RPC_PROTO_MINOR,
     RPC_PROTO_PATCH,
     RpcUnavailableError,
     WorkerError,
-    parse_endpoints,
+    connect_workers,
     probe_worker,
+    rpc_problem,
     serving_devices,
+    worker_memory,
     worker_version,
 )
+from localr1.models import hardware
 from tests.conftest import requires_rpc
-from tests.rpc_workers import free_port
+from tests.rpc_workers import Worker, free_port, wait_until
 
 pytestmark = [pytest.mark.skipif(os.name != "posix", reason="signals and fork are POSIX here"),
               requires_rpc]
@@ -43,89 +49,54 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 # What llama.cpp's client sends first (ggml-rpc.cpp): RPC_CMD_HELLO, the size, 24 zero bytes
 # of transport capabilities (plain TCP).
 _HELLO = bytes([14]) + struct.pack("<Q", 24) + bytes(24)
-_SERVING = re.compile(r"worker: serving \S+ \(\d+\.\d [KMGT]B free\)(, .+)? on "
+_SERVING = re.compile(r"worker: serving \S+ \((\d+\.\d) ([KMGT])B free\)(, .+)? on "
                       r"(127\.0\.0\.1|0\.0\.0\.0):(\d+); Ctrl\+C stops")
 
 
 def _child_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONFAULTHANDLER",
                                                              "LOCALR1_DEBUG")}
-    return env | {"PYTHONPATH": _PROJECT_ROOT, "LOCALR1_HOME": str(home)}
+    return env | {"PYTHONPATH": _PROJECT_ROOT, "LOCALR1_HOME": str(home), "HOME": str(home)}
 
 
-def _default_sigint() -> None:
-    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: the
-    # worker must get the Ctrl+C a terminal would send.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start_worker(home: Path, port: int, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "localr1", "worker", "--port", str(port), "--threads", "1",
-         "--cache", str(home / "rpc-cache"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(home),
-        preexec_fn=_default_sigint)
-
-
-def _wait_serving(worker: subprocess.Popen, endpoint: str) -> list[str]:
-    """Until a HELLO at `endpoint` gets our protocol's answer and the worker has said it
-    serves; its stderr lines up to that one."""
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            probe_worker(endpoint)
-            break
-        except WorkerError:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                worker.kill()
-                out, err = worker.communicate()
-                raise AssertionError(f"the worker never answered: {out!r} {err!r}") from None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(0.05)  # state: the worker exiting ends the wait at once
-    lines: list[str] = []
-    while not lines or not _SERVING.fullmatch(lines[-1]):
-        line = worker.stderr.readline()
-        assert line, f"the worker stopped: {lines}"
-        lines.append(line.rstrip("\n"))
-    return lines
-
-
-def _stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.kill()
-    worker.communicate()
+def _serving_line(worker: Worker) -> str:
+    """The line a worker prints once it serves (its first on stderr but for a warning)."""
+    return wait_until(lambda: next((line for line in worker.stderr_lines()
+                                    if line.startswith("worker: serving")), None),
+                      "the serving line", timeout=30, poll=worker.process)
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory):
-    """(endpoint, the worker's first stderr line) of a worker on loopback."""
+    """A worker on loopback, with a --cache."""
     home = tmp_path_factory.mktemp("worker-home")
-    port = free_port()
-    process = _start_worker(home, port)
+    started = Worker(home, _child_env(home), args=("--cache", home / "rpc-cache"))
     try:
-        [line] = _wait_serving(process, f"127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}", line
+        yield started
     finally:
-        _stop(process)
+        started.kill()
 
 
 def test_a_worker_serves_and_answers_our_protocol(worker):
-    endpoint, first_line = worker
+    first_line = _serving_line(worker)
+    assert worker.stderr_lines() == [first_line]
     match = _SERVING.fullmatch(first_line)
-    assert match and f"127.0.0.1:{match[3]}" == endpoint, first_line
+    assert match and f"127.0.0.1:{match[5]}" == worker.endpoint, first_line
     # The worker's llama.cpp speaks the version our probe checks for.
-    assert worker_version(endpoint) == (RPC_PROTO_MAJOR, RPC_PROTO_MINOR, RPC_PROTO_PATCH)
-    probe_worker(endpoint)
+    assert worker_version(worker.endpoint) == (RPC_PROTO_MAJOR, RPC_PROTO_MINOR,
+                                               RPC_PROTO_PATCH)
+    probe_worker(worker.endpoint)
 
 
 def test_a_second_worker_on_a_busy_port_says_so(worker, tmp_path):
-    endpoint, _ = worker
-    port = int(endpoint.rpartition(":")[2])
-    second = _start_worker(tmp_path, port)
-    out, err = second.communicate(timeout=120)
-    assert second.returncode == 1
-    assert out == ""
-    assert err == f"Error: 127.0.0.1:{port}: cannot listen (Address already in use)\n"
+    second = Worker(tmp_path, _child_env(tmp_path), port=worker.port, ready=False)
+    try:
+        assert second.wait_exit(120) == 1
+    finally:
+        second.kill()
+    assert second.stdout() == ""
+    assert second.stderr_lines() == [f"Error: 127.0.0.1:{worker.port}: cannot listen "
+                                     "(Address already in use)"]
 
 
 def test_probe_of_a_closed_port_is_one_line_at_once():
@@ -214,42 +185,6 @@ def test_an_http_server_gets_no_further_than_the_time_limit():
     assert 0.9 < elapsed < 3
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("127.0.0.1:50052", ("127.0.0.1:50052",)),
-    (" gpu-box.local:50052 , 10.0.0.2:1,gpu-box.local:50052", ("gpu-box.local:50052",
-                                                               "10.0.0.2:1")),
-    (["a:1,b:2", "c:65535"], ("a:1", "b:2", "c:65535")),
-    ("host:0050052", ("host:50052",)),
-])
-def test_endpoints_are_parsed_in_order_each_once(given, expected):
-    assert parse_endpoints(given) == expected
-
-
-@pytest.mark.parametrize("given, message", [
-    ("127.0.0.1", "127.0.0.1: expected HOST:PORT (like 127.0.0.1:50052)"),
-    (":50052", ":50052: expected HOST:PORT (like 127.0.0.1:50052)"),
-    ("a:1,,b:2", "an empty RPC worker address: expected HOST:PORT[,HOST:PORT...]"),
-    ([], "no RPC worker given: expected HOST:PORT[,HOST:PORT...]"),
-    ("h:0", "h:0: the port must be a number from 1 to 65535"),
-    ("h:65536", "h:65536: the port must be a number from 1 to 65535"),
-    ("h:5e4", "h:5e4: the port must be a number from 1 to 65535"),
-    ("h:\u0665", "h:\u0665: the port must be a number from 1 to 65535"),
-    ("bad_host!:1", "bad_host!:1: 'bad_host!' is not a host name or an IPv4 address"),
-    ("evil\x1b[2J:1", "evil\\x1b[2J:1: 'evil\\\\x1b[2J' is not a host name or an IPv4 address"),
-    ("::1:50052", "::1:50052: an IPv6 address goes in brackets, and llama.cpp's RPC connects "
-                  "over IPv4 only: use an IPv4 address or a host name"),
-    ("[::1]:50052", "[::1]:50052: llama.cpp's RPC connects over IPv4 only: use an IPv4 "
-                    "address or a host name"),
-    ("[::1]", "[::1]: the port must be a number from 1 to 65535"),
-    ("[nope]:1", "[nope]:1: not an IPv6 address in brackets"),
-])
-def test_bad_endpoints_are_one_line(given, message):
-    with pytest.raises(WorkerError) as caught:
-        parse_endpoints(given)
-    assert str(caught.value) == message
-    assert "\n" not in message
-
-
 def test_a_non_loopback_host_needs_allow_remote(tmp_path):
     result = subprocess.run([sys.executable, "-m", "localr1", "worker", "--host", "0.0.0.0",
                              "--port", str(free_port())], capture_output=True, text=True,
@@ -294,17 +229,15 @@ def test_bad_worker_arguments_are_one_line(tmp_path, monkeypatch):
 
 
 def test_allow_remote_warns_then_serves_and_ctrl_c_stops_it(tmp_path):
-    port = free_port()
-    worker = _start_worker(tmp_path, port, "--host", "0.0.0.0", "--allow-remote")
+    worker = Worker(tmp_path, _child_env(tmp_path), args=("--host", "0.0.0.0", "--allow-remote"))
+    port = worker.port
     try:
-        lines = _wait_serving(worker, f"127.0.0.1:{port}")
-        worker.send_signal(signal.SIGINT)
-        out, err = worker.communicate(timeout=60)
+        _serving_line(worker)
+        assert worker.interrupt() == 130
     finally:
-        _stop(worker)
-    assert worker.returncode == 130
-    assert out == ""  # llama.cpp's server banner and connection lines stay off stdout
-    lines += err.splitlines()
+        worker.kill()
+    assert worker.stdout() == ""  # llama.cpp's server banner and connection lines stay off it
+    lines = worker.stderr_lines()
     assert lines[0] == (f"warning: listening on 0.0.0.0:{port}. llama.cpp's RPC protocol has "
                         "no authentication and no encryption: anyone who can reach this port "
                         "can run code on this machine's backend and read or write its memory.")
@@ -317,34 +250,33 @@ def test_allow_remote_warns_then_serves_and_ctrl_c_stops_it(tmp_path):
 
 
 def test_ctrl_c_stops_a_worker_that_serves_a_client(tmp_path):
-    port = free_port()
-    endpoint = f"127.0.0.1:{port}"
-    worker = _start_worker(tmp_path, port)
+    worker = Worker(tmp_path, _child_env(tmp_path))
     try:
-        [serving] = _wait_serving(worker, endpoint)
-        with socket.create_connection(("127.0.0.1", port)) as client:
+        serving = _serving_line(worker)
+        with socket.create_connection(("127.0.0.1", worker.port)) as client:
             client.sendall(_HELLO)  # a client session: the server now waits on its commands
             assert len(client.recv(36)) > 0
             # A worker serves one client at a time: a probe meanwhile waits, then says why.
             with pytest.raises(WorkerError, match="busy serving another client"):
-                probe_worker(endpoint, timeout=0.5)
-            worker.send_signal(signal.SIGINT)
-            out, err = worker.communicate(timeout=60)
+                probe_worker(worker.endpoint, timeout=0.5)
+            assert worker.interrupt() == 130
     finally:
-        _stop(worker)
-    assert worker.returncode == 130
-    assert out == ""
-    assert err.splitlines() == ["", "localr1: interrupted"]  # click ends the ^C line first
+        worker.kill()
+    assert worker.stdout() == ""
+    # click ends the ^C line first
+    assert worker.stderr_lines() == [serving, "", "localr1: interrupted"]
     assert _SERVING.fullmatch(serving)
 
 
 _CONNECT_IN_A_CHILD = """
-import ctypes, json, sys
-from localr1.engine.ggml_abort import ggml_function
+import json, sys
+from localr1.engine.ggml_devices import ggml_backend
 from localr1.engine.rpc_backend import WorkerError, connect_workers
+from localr1.models.hardware import local_gpu_devices
 
-count = ggml_function("ggml_backend_dev_count")
-count.restype = ctypes.c_size_t
+ggml = ggml_backend()
+count = ggml.dev_count
+local_gpus = [ggml.name(device) for device in local_gpu_devices()]
 before = count()
 try:
     connect_workers([sys.argv[1], sys.argv[2]])
@@ -353,13 +285,16 @@ except WorkerError as exc:
 after_refusal = count()
 first = connect_workers(sys.argv[1])
 again = connect_workers([sys.argv[1]])
+same = [(d.endpoint, d.name, d.total_bytes) for d in first] == \
+    [(d.endpoint, d.name, d.total_bytes) for d in again]  # free: what is available now
 print(json.dumps({"refused": refused, "counts": [before, after_refusal, count()],
-                  "devices": [d.__dict__ for d in first], "same": first == again}))
+                  "devices": [d.__dict__ for d in first], "same": same,
+                  "local_gpus": [local_gpus, [ggml.name(d) for d in local_gpu_devices()]]}))
 """
 
 
 def test_connect_workers_registers_the_workers_devices_in_a_child(worker, tmp_path):
-    endpoint, _ = worker
+    endpoint = worker.endpoint
     closed = f"127.0.0.1:{free_port()}"
     result = subprocess.run([sys.executable, "-c", _CONNECT_IN_A_CHILD, endpoint, closed],
                             capture_output=True, text=True, env=_child_env(tmp_path),
@@ -373,8 +308,11 @@ def test_connect_workers_registers_the_workers_devices_in_a_child(worker, tmp_pa
     [device] = report["devices"]
     assert device["endpoint"] == endpoint and device["description"] == endpoint
     assert device["name"].startswith("RPC")
-    assert 0 < device["free_bytes"] <= device["total_bytes"]
+    assert 0 < device["free_bytes"] < device["total_bytes"]
     assert report["same"]
+    # A worker's device is a GPU to llama.cpp, but not one of this machine's.
+    local_before, local_after = report["local_gpus"]
+    assert local_after == local_before
 
 
 def test_a_worker_serves_its_gpus_else_its_cpu():
@@ -388,22 +326,72 @@ def test_a_worker_serves_its_gpus_else_its_cpu():
         assert "CPU" not in [d.name for d in devices]
 
 
-def test_without_rpc_the_worker_says_how_to_rebuild(monkeypatch):
-    """A build without -DGGML_RPC=on (llama_supports_rpc() false): one line with the command."""
-    import llama_cpp
-    from click.testing import CliRunner
+_SLACK = 1024**3 // 4  # what other programs may allocate or free while we ask
 
-    from localr1.cli.main import cli
+
+@pytest.mark.skipif(hardware.backend_info().can_offload, reason="a GPU build serves its GPUs")
+def test_a_cpu_worker_reports_this_machines_available_ram(worker):
+    """llama.cpp's CPU device reports the total RAM as free: a client would give a busy worker
+    layers it cannot hold. The worker reports the available RAM instead, to clients (asked as
+    llama.cpp asks) and on its first line."""
+    before = hardware.memory_info()
+    [device] = worker_memory(worker.endpoint)
+    after = hardware.memory_info().available_bytes
+    assert device.total_bytes == before.total_bytes
+    assert device.free_bytes < device.total_bytes
+    assert min(before.available_bytes, after) - _SLACK <= device.free_bytes \
+        <= max(before.available_bytes, after) + _SLACK
+    shown = _SERVING.fullmatch(_serving_line(worker))
+    assert float(shown[1]) < before.total_bytes / 1000**{"K": 1, "M": 2, "G": 3, "T": 4}[shown[2]]
+
+
+def test_without_rpc_the_worker_says_how_to_rebuild(monkeypatch):
+    """A build without -DGGML_RPC=on (llama_supports_rpc() false): one line with the command.
+    A port held here: a worker that got past the check could not serve on it either."""
+    import llama_cpp
 
     monkeypatch.setattr(llama_cpp, "llama_supports_rpc", lambda: False)
     with pytest.raises(RpcUnavailableError):
         serving_devices()
-    result = CliRunner().invoke(cli, ["worker", "--port", str(free_port())])
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        result = CliRunner().invoke(cli, ["worker", "--port", str(held.getsockname()[1])])
     assert result.exit_code == 1
     assert result.output == (
         "Error: this llama-cpp-python was built without llama.cpp's RPC backend; rebuild it "
         'with: CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
-        "llama-cpp-python\n")
+        "llama-cpp-python==0.3.36\n")
+
+
+@pytest.mark.parametrize("version", ["0.3.35", "0.3.37", "0.3.16"])
+def test_another_llama_cpp_python_release_is_refused_in_one_line(monkeypatch, version):
+    """The RPC protocol is a C macro no symbol exports, and it changed in nearly every release
+    (0.3.35 speaks 5.0.0, this module 7.0.0): a release whose protocol is not ours is refused
+    before C meets a worker, with the command that installs the one that speaks it."""
+    import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "__version__", version)
+    problem = (f"llama-cpp-python {version} does not speak llama.cpp's RPC protocol 7.0.0 that "
+               "localr1's RPC needs (0.3.36 does)")
+    assert rpc_problem() == problem
+    refusal = (f"{problem}; rebuild it with: "
+               'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
+               "llama-cpp-python==0.3.36")
+    for refused in (serving_devices, lambda: connect_workers("127.0.0.1:1")):
+        with pytest.raises(RpcUnavailableError) as caught:
+            refused()
+        assert str(caught.value) == refusal
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        result = CliRunner().invoke(cli, ["worker", "--port", str(held.getsockname()[1])])
+    assert (result.exit_code, result.output) == (1, f"Error: {refusal}\n")
+
+
+def test_the_release_here_speaks_our_protocol(worker):
+    """What the table says of the installed release is what its own server answers."""
+    import llama_cpp
+
+    assert llama_cpp.__version__ in RPC_LLAMA_CPP_PYTHON
+    assert rpc_problem() is None
+    assert worker_version(worker.endpoint) == (RPC_PROTO_MAJOR, RPC_PROTO_MINOR, RPC_PROTO_PATCH)
 
 
 def _worker_children() -> list[int]:
@@ -423,8 +411,6 @@ def _worker_children() -> list[int]:
 
 
 def test_a_test_worker_that_is_not_ready_in_time_is_not_left_running(tmp_path):
-    from tests.rpc_workers import Worker
-
     before = _worker_children()
     with pytest.raises(pytest.fail.Exception, match="timed out waiting for worker"):
         Worker(tmp_path, ready_within=0)
@@ -435,49 +421,61 @@ def test_a_test_worker_that_is_not_ready_in_time_is_not_left_running(tmp_path):
     assert left == []
 
 
-def _start_worker_without_cache(home: Path, port: int) -> subprocess.Popen:
+def _run_on(endpoint: str, model: Path, stdout, home: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "localr1", "worker", "--port", str(port), "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(home),
-        preexec_fn=_default_sigint)
+        [sys.executable, "-m", "localr1", "run", "-m", str(model), "--rpc", endpoint,
+         "--gpu-layers", "all", "--threads", "1", "--no-log", *args],
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True,
+        env=_child_env(home))
+
+
+def test_a_worker_with_cache_keeps_the_large_tensors_a_client_sends(worker, smollm2_model,
+                                                                     tmp_path):
+    cache = worker.stdout_file.parent / "rpc-cache"
+    client = _run_on(worker.endpoint, smollm2_model, subprocess.DEVNULL, tmp_path,
+                     "--max-tokens", "1", "hi")
+    try:
+        assert client.wait(timeout=180) == 0, client.stderr.read()
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait()
+        client.stderr.close()
+    # SmolLM2's output tensor (30 MB) is over llama.cpp's 10 MB threshold.
+    assert [path.stat().st_size > 10 * 1000**2 for path in cache.iterdir()] == [True]
 
 
 def test_ctrl_c_while_a_client_generates_exits_130_without_a_crash(tmp_path, smollm2_model):
     """The server thread is inside llama.cpp computing for `run` when Ctrl+C comes: the worker
     must end at once with 130, not tear the interpreter down under it (SIGSEGV). Without
-    --cache it keeps nothing on disk."""
-    from tests.rpc_workers import wait_until
-
+    --cache it keeps nothing on disk (its working folder and homes are its log folder)."""
     home = tmp_path / "home"
-    port = free_port()
-    endpoint = f"127.0.0.1:{port}"
-    worker = _start_worker_without_cache(home, port)
+    home.mkdir()
+    worker = Worker(home, _child_env(home))
     answer = tmp_path / "answer"
     client = None
     try:
-        [serving] = _wait_serving(worker, endpoint)
+        serving = _serving_line(worker)
         with open(answer, "wb") as stdout:
-            client = subprocess.Popen(
-                [sys.executable, "-m", "localr1", "run", "-m", str(smollm2_model), "--rpc",
-                 endpoint, "--gpu-layers", "all", "--threads", "1", "--no-log", "--seed", "1",
-                 "--temperature", "1", "--max-tokens", "4000", "Write a very long story."],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True,
-                env=_child_env(tmp_path / "client-home"))
+            client = _run_on(worker.endpoint, smollm2_model, stdout, tmp_path / "client-home",
+                             "--seed", "1", "--temperature", "1", "--max-tokens", "4000",
+                             "Write a very long story.")
         wait_until(lambda: answer.stat().st_size > 0, "the answer to stream", timeout=180,
                    poll=client)
-        worker.send_signal(signal.SIGINT)
-        out, err = worker.communicate(timeout=60)
-        client.wait(timeout=60)  # its worker is gone: one line and exit 1
+        assert worker.interrupt() == 130
+        client_status = client.wait(timeout=60)  # its worker is gone: one line and exit 1
+        client_err = client.stderr.read()
     finally:
-        _stop(worker)
-        if client is not None and client.poll() is None:
-            client.kill()
+        worker.kill()
+        if client is not None:
+            if client.poll() is None:
+                client.kill()
             client.wait()
-    assert worker.returncode == 130, err
-    assert out == ""
-    assert err.splitlines() == ["", "localr1: interrupted"]
-    assert client.returncode == 1
-    assert client.stderr.read().splitlines()[-1] == \
-        f"localr1: RPC worker {endpoint} stopped answering (connection refused)"
-    assert _SERVING.fullmatch(serving)
-    assert [path.name for path in home.rglob("*") if "rpc" in path.name] == []
+            client.stderr.close()
+    assert worker.stdout() == ""
+    assert worker.stderr_lines() == [serving, "", "localr1: interrupted"]
+    assert client_status == 1
+    assert client_err.splitlines()[-1] == \
+        f"localr1: RPC worker {worker.endpoint} stopped answering (connection refused)"
+    assert sorted(path.name for path in home.rglob("*")) == sorted(
+        [worker.stdout_file.name, worker.stderr_file.name])

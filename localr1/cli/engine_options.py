@@ -1,7 +1,7 @@
 """Options for how a local model is loaded and decoded, shared by `run`, `chat`, `batch`,
 `serve` and `doctor --model`: speculative decoding (`--draft MODEL|lookup|none`,
 `--draft-max`, `--draft-min`), the KV cache (`--flash-attn`, `--kv-type`) and RPC workers that
-take part of the layers (`--rpc HOST:PORT[,HOST:PORT...]`).
+take part of the layers (`--rpc HOST:PORT[,HOST:PORT...]`, or `--rpc none`).
 
 Each value is checked by config.checked_setting, as in config.toml, and wins over it. The
 command receives them as one `engine_flags: EngineFlags` argument."""
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 FLASH_ATTN_CHOICES = ("auto", "on", "off")
+NO_RPC = "none"  # --rpc none: no workers for this command, whatever config.toml's rpc says
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,12 @@ _NAMES = ("draft", "draft_max", "draft_min", "flash_attn", "kv_type", "rpc")
 
 
 def check_rpc(_ctx: click.Context, _param: click.Parameter, value: str | None):
-    """`--rpc a:1,b:2` as the rpc setting's tuple, checked like config.toml's `rpc`."""
+    """`--rpc a:1,b:2` as the rpc setting's tuple, checked like config.toml's `rpc`; `--rpc
+    none` as no workers (an empty tuple: it wins over config's, as `--draft none` does)."""
     if value is None:
         return None
+    if value.strip().lower() == NO_RPC:
+        return ()
     from localr1.config import checked_setting
 
     try:
@@ -117,7 +121,7 @@ def engine_options(command: F) -> F:
         click.option("--rpc", metavar="HOST:PORT[,HOST:PORT...]", callback=check_rpc,
                      help="Split the model's layers between this machine and these `localr1 "
                           "worker`s, by free memory (--gpu-layers N: N layers to the workers; "
-                          "default: config's rpc)."),
+                          "default: config's rpc), or `none` (this machine only)."),
     )
     for option in reversed(options):
         with_flags = option(with_flags)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 rpc_option = click.option(
     "--rpc", metavar="HOST:PORT[,HOST:PORT...]", callback=check_rpc,
     help="Count these `localr1 worker`s' free memory in the fit labels, as `run --rpc` would "
-         "split the model (default: config's rpc).")
+         "split the model (default: config's rpc), or `none` (this machine only).")
 
 
 def _warn_workers(workers: RpcWorkers | None) -> None:

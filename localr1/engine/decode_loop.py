@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from localr1.engine import fast_sampler
+from localr1.engine import fast_sampler, rpc_watchdog
 from localr1.engine.events import Event, FinishReason, GenerationParams, TurnDone
 from localr1.engine.prompting import PreparedPrompt
 from localr1.engine.reasoning import ThinkSplitter
@@ -217,7 +217,8 @@ class DecodeLoop:
             return ended
         try:
             self._fill_batch(live)
-            result = self._llama_cpp.llama_decode(self._ctx, self._batch)
+            with rpc_watchdog.decoding(self._n):  # a worker that stops answering ends it
+                result = self._llama_cpp.llama_decode(self._ctx, self._batch)
             if result != 0:
                 raise GenerationError(
                     f"llama.cpp failed while generating (llama_decode {result})")

@@ -13,6 +13,10 @@ names the workers whose port is closed (a refused or reset connection) and the p
 at once (a lost worker is a fault of the network, not a crash: no SIGABRT, no core dump). A
 worker whose port does not answer in time is not named: a live worker serving this process
 never accepts another connection (llama.cpp's server takes one client at a time).
+
+Before the line, every hook registered with `on_exit` runs (a turn being written flushes what
+it streamed), then the front end's `set_before_abort` hook (the terminal). rpc_watchdog ends
+the process through the same `end_process`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import NoReturn
 
 from localr1.engine import saved_stderr
 from localr1.terminal_text import visible_controls
@@ -35,6 +40,7 @@ _installed = None  # the ctypes callback object: must outlive every call from C
 # process to end, so one line is printed.
 _aborting = threading.Lock()
 _before_abort: Callable[[], None] | None = None
+_exit_hooks: list[Callable[[], None]] = []  # on_exit's, run before the front end's hook
 _workers: tuple[str, ...] = ()  # "host:port" of each RPC worker this process uses
 
 # Long enough for a LAN round trip, short enough that the line comes within seconds.
@@ -60,6 +66,43 @@ def set_before_abort(hook: Callable[[], None] | None) -> None:
     """Run `hook` (e.g. restore the terminal) before the abort line is printed; None clears it."""
     global _before_abort
     _before_abort = hook
+
+
+@contextlib.contextmanager
+def on_exit(hook: Callable[[], None]) -> Iterator[None]:
+    """Run `hook` (e.g. flush the answer being saved) if the process is ended by an abort or
+    rpc_watchdog while the block runs. It runs on whichever thread ends the process (llama.cpp's
+    RPC thread, the watchdog's): it must not wait long on a lock the decoding thread holds."""
+    _exit_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _exit_hooks.remove(hook)
+
+
+def watched_workers() -> tuple[str, ...]:
+    """The RPC workers this process uses ("host:port"), as watch_workers was told."""
+    return _workers
+
+
+def end_process(line: Callable[[], str], code: int, fallback: str) -> NoReturn:
+    """Run the exit hooks, print `line()` (`fallback` if it fails) on the saved stderr and exit
+    with `code` at once, from any thread; a second caller meanwhile waits for the process to
+    end, so one line is printed."""
+    _aborting.acquire()
+    _run_hooks()
+    text = fallback
+    with contextlib.suppress(Exception):
+        text = line()
+    saved_stderr.write(text + "\n")
+    os._exit(code)
+
+
+def _run_hooks() -> None:
+    for hook in [*_exit_hooks, _before_abort]:
+        if hook is not None:
+            with contextlib.suppress(Exception):  # the process is dying: the line must print
+                hook()
 
 
 def watch_workers(endpoints: Iterable[str]) -> None:
@@ -162,17 +205,12 @@ def lost_workers(endpoints: tuple[str, ...], rounds: int = WORKER_PROBE_ROUNDS,
 
 
 def _on_abort(message: bytes | None) -> None:
-    _aborting.acquire()  # a second abort waits here until the first has ended the process
     text = (message or b"").decode("utf-8", "replace")
-    hook = _before_abort
-    if hook is not None:
-        with contextlib.suppress(Exception):  # the process is dying: the line must still print
-            hook()
     workers = _workers
     if workers and is_rpc_fault(text):
-        line = abort_line(text)
-        with contextlib.suppress(Exception):
-            line = worker_fault_line(text, workers, lost_workers(workers))
-        saved_stderr.write(line + "\n")
-        os._exit(1)  # runs on the RPC client's thread: ends the whole process, no abort()
+        # Runs on the RPC client's thread: ends the whole process, no abort().
+        end_process(lambda: worker_fault_line(text, workers, lost_workers(workers)), 1,
+                    abort_line(text))
+    _aborting.acquire()  # a second abort waits here until the first has ended the process
+    _run_hooks()
     saved_stderr.write(abort_line(text) + "\n")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from localr1.chat_message import ChatMessage
 from localr1.config import Settings
+from localr1.engine import rpc_watchdog
 from localr1.engine.chat_format import ChatFormat, resolve_chat_format
 from localr1.engine.decode_loop import THINK_CLOSE, DecodeLoop, SequenceRequest, put_token
 from localr1.engine.drafters import DraftModel, LookupDrafter, ModelDrafter
@@ -34,8 +35,8 @@ from localr1.engine.events import (
     ModelInfo,
 )
 from localr1.engine.loading import (
-    check_device_memory,
     check_memory,
+    check_split_memory,
     context_size,
     load_llama,
     new_sequences_context,
@@ -46,7 +47,8 @@ from localr1.engine.prompting import (
     fit_to_context,
     reply_reserve,
 )
-from localr1.engine.rpc_split import LayerSplit, SplitDevice, plan_split
+from localr1.engine.rpc_split import SplitDevice
+from localr1.engine.split_memory import SplitMemory, plan_split_memory
 from localr1.engine.thread_policy import ThreadChoice, ThreadGovernor, choose_threads
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader, read_gguf_header
@@ -73,6 +75,7 @@ class EngineConfig:
     draft_max: int = 16
     draft_min: int = 0
     rpc: tuple[str, ...] = ()  # `localr1 worker` endpoints that take part of the layers
+    rpc_timeout: float = 30.0  # seconds a decode may wait on silent workers (rpc_watchdog)
 
     @classmethod
     def from_settings(cls, model_path: Path, settings: Settings, **overrides) -> EngineConfig:
@@ -82,7 +85,7 @@ class EngineConfig:
                       threads=settings.threads, chat_format=settings.chat_format,
                       flash_attn=settings.flash_attn, kv_type=settings.kv_type,
                       draft_max=settings.draft_max, draft_min=settings.draft_min,
-                      rpc=settings.rpc)
+                      rpc=settings.rpc, rpc_timeout=settings.rpc_timeout)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(Path(model_path), **values)
 
@@ -116,18 +119,24 @@ class Engine:
         n_ctx = context_size(config.context_size, header.context_length)
         estimate = hardware.estimate_memory(header, n_ctx, config.kv_type)
         backend = hardware.backend_info()
-        layer_split = _rpc_split(config, estimate, backend) if config.rpc else None
+        draft_path = config.draft if isinstance(config.draft, Path) else None
+        draft_estimate = hardware.draft_estimate(read_gguf_header(draft_path), n_ctx,
+                                                 config.kv_type) if draft_path else None
+        if config.rpc:  # here, so the TUI's and serve's model process has it too
+            from localr1.engine import rpc_watchdog
+
+            rpc_watchdog.set_limit(config.rpc_timeout)
+        planned = _rpc_split(config, estimate, draft_estimate, backend) if config.rpc else None
+        layer_split = planned.split if planned else None
         gpu_layers = layer_split.offloaded if layer_split else hardware.plan_gpu_layers(
             config.gpu_layers, estimate, backend,
             hardware.gpu_free_bytes(backend) if config.gpu_layers == "auto" else None)
-        draft_path = config.draft if isinstance(config.draft, Path) else None
-        if config.check_memory:
-            draft_header = read_gguf_header(draft_path) if draft_path else None
+        if config.check_memory and planned:
+            check_split_memory(config.model_path, planned, estimate, n_ctx,
+                               draft=draft_estimate, kv_type=config.kv_type)
+        elif config.check_memory:
             check_memory(config.model_path, estimate, gpu_layers, n_ctx, kv_type=config.kv_type,
-                         draft=hardware.draft_estimate(draft_header, n_ctx, config.kv_type)
-                         if draft_header else None, draft_on_cpu=bool(config.rpc))
-            if layer_split:
-                check_device_memory(config.model_path, estimate, layer_split)
+                         draft=draft_estimate)
         thread_choice = choose_threads(config.threads)
         config = replace(config, flash_attn=_flash_attn_for(config, gpu_layers))
         llm = load_llama(config.model_path, header, n_ctx, gpu_layers, thread_choice.threads,
@@ -352,16 +361,19 @@ def _warm_up(llm: llama_cpp.Llama) -> None:
         for i, token in enumerate(tokens):
             put_token(batch, i, token, i, 0, i == len(tokens) - 1)
         batch.n_tokens = len(tokens)
-        llama_cpp.llama_decode(ctx, batch)  # a failure shows at the first real decode
+        with rpc_watchdog.decoding(len(tokens)):  # a worker that stops answering ends it
+            llama_cpp.llama_decode(ctx, batch)  # a failure shows at the first real decode
     finally:
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
 
 
 def _rpc_split(config: EngineConfig, estimate: hardware.MemoryEstimate,
-               backend: hardware.BackendInfo) -> LayerSplit:
+               draft: hardware.MemoryEstimate | None,
+               backend: hardware.BackendInfo) -> SplitMemory:
     """Connect the workers (their devices come first in llama.cpp's list, a local GPU after
-    them) and split the layers between this machine's RAM and their free memory."""
+    them) and split the layers between this machine's RAM, less the draft kept here, and their
+    free memory, as the fit labels split them."""
     from localr1.engine.rpc_backend import connect_workers
 
     workers = connect_workers(config.rpc)
@@ -370,8 +382,8 @@ def _rpc_split(config: EngineConfig, estimate: hardware.MemoryEstimate,
                            w.free_bytes) for w in workers]
     if backend.can_offload:  # untested here: no GPU where localr1 is developed
         devices.append(SplitDevice(backend.name, hardware.gpu_free_bytes(backend) or 0))
-    return plan_split(estimate.n_layers, config.gpu_layers,
-                      hardware.memory_info().available_bytes, devices)
+    return plan_split_memory(estimate, config.gpu_layers,
+                             hardware.memory_info().available_bytes, devices, draft)
 
 
 def _flash_attn_for(config: EngineConfig, gpu_layers: int) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from localr1.engine import ggml_abort, llama_log
 from localr1.engine.chat_template import check_gguf_templates
 from localr1.engine.rpc_split import LayerSplit
+from localr1.engine.split_memory import SplitMemory, device_bytes, this_machine_bytes
 from localr1.errors import ChatFormatError, InsufficientMemoryError, ModelLoadError
 from localr1.models import hardware
 from localr1.models.gguf_header import GGUFHeader
@@ -41,37 +42,51 @@ def check_memory(path: Path, estimate: hardware.MemoryEstimate, gpu_layers: int,
     already; it is named in the message."""
     total_layers = estimate.n_layers + 1
     on_cpu_share = 1.0 - min(gpu_layers, total_layers) / total_layers
-    draft_bytes = draft.weights_bytes + draft.kv_cache_bytes if draft else 0
-    model_bytes = estimate.weights_bytes + estimate.kv_cache_bytes
-    on_cpu = model_bytes * on_cpu_share + draft_bytes if draft_on_cpu \
-        else (model_bytes + draft_bytes) * on_cpu_share
-    needed = int(on_cpu) + estimate.overhead_bytes + (draft.overhead_bytes if draft else 0)
+    needed = this_machine_bytes(estimate, on_cpu_share, draft,
+                                1.0 if draft_on_cpu else on_cpu_share)
     available = hardware.memory_info().available_bytes
     if needed > available:
-        fmt = format_bytes
-        kv = "" if kv_type == "f16" else f" {kv_type}"
-        with_draft = f" + draft {fmt(draft_bytes)}" if draft else ""
-        hints = ["a smaller quant", "a smaller --ctx"]
-        hints += ["--kv-type q8_0"] if kv_type == "f16" else []
-        hints += ["no --draft"] if draft else []
-        raise InsufficientMemoryError(
-            f"{path.name} needs about {fmt(needed)} of RAM (weights {fmt(estimate.weights_bytes)}"
-            f" + KV cache{kv} {fmt(estimate.kv_cache_bytes)} at --ctx {n_ctx}{with_draft}) but "
-            f"only {fmt(available)} is free; use {', '.join(hints[:-1])} or {hints[-1]}"
-        )
+        _refuse_ram(path, needed, available, estimate, n_ctx, draft, kv_type)
+
+
+def check_split_memory(path: Path, planned: SplitMemory, estimate: hardware.MemoryEstimate,
+                       n_ctx: int, *, draft: hardware.MemoryEstimate | None = None,
+                       kv_type: str = "f16") -> None:
+    """Refuse, in one line, a split over RPC workers (split_memory.plan_split_memory, the
+    fit labels' own figures) that this machine or a worker cannot hold."""
+    if not planned.fits_here:
+        _refuse_ram(path, planned.local_bytes, planned.local_free, estimate, n_ctx, draft,
+                    kv_type)
+    check_device_memory(path, estimate, planned.split)
+
+
+def _refuse_ram(path: Path, needed: int, available: int, estimate: hardware.MemoryEstimate,
+                n_ctx: int, draft: hardware.MemoryEstimate | None, kv_type: str) -> None:
+    fmt = format_bytes
+    kv = "" if kv_type == "f16" else f" {kv_type}"
+    draft_bytes = draft.weights_bytes + draft.kv_cache_bytes if draft else 0
+    with_draft = f" + draft {fmt(draft_bytes)}" if draft else ""
+    hints = ["a smaller quant", "a smaller --ctx"]
+    hints += ["--kv-type q8_0"] if kv_type == "f16" else []
+    hints += ["no --draft"] if draft else []
+    raise InsufficientMemoryError(
+        f"{path.name} needs about {fmt(needed)} of RAM (weights {fmt(estimate.weights_bytes)}"
+        f" + KV cache{kv} {fmt(estimate.kv_cache_bytes)} at --ctx {n_ctx}{with_draft}) but "
+        f"only {fmt(available)} is free; use {', '.join(hints[:-1])} or {hints[-1]}"
+    )
 
 
 def check_device_memory(path: Path, estimate: hardware.MemoryEstimate,
                         split: LayerSplit) -> None:
     """Refuse, in one line, a split that gives a device (an RPC worker) more layers than its
     free memory holds (check_memory counts what stays on this machine)."""
-    per_layer = estimate.per_layer_bytes()
-    for (label, layers), free in zip(split.device_layers, split.device_free, strict=True):
-        if layers * per_layer > free:
+    for (label, layers), needed, free in zip(split.device_layers, device_bytes(estimate, split),
+                                             split.device_free, strict=True):
+        if needed > free:
             raise InsufficientMemoryError(
-                f"{path.name}: {label} would hold {layers} layers (about "
-                f"{format_bytes(layers * per_layer)}) but has only {format_bytes(free)} free; "
-                f"use a smaller --gpu-layers, a smaller quant or a smaller --ctx")
+                f"{path.name}: {label} would hold {layers} layers (about {format_bytes(needed)}) "
+                f"but has only {format_bytes(free)} free; use a smaller --gpu-layers, a smaller "
+                f"quant or a smaller --ctx")
 
 
 def check_kv_options(path: Path, header: GGUFHeader, flash_attn: str, kv_type: str) -> None:

@@ -4,7 +4,9 @@ served as a worker (`serve_worker`, behind `localr1 worker`).
 
 The RPC functions come from the backend registry (`ggml_backend_reg_by_name("RPC")` and
 `ggml_backend_reg_get_proc_address`), as llama.cpp's own `--rpc` and rpc-server reach them; a
-build without `-DGGML_RPC=on` has no such registry entry (`RpcUnavailableError`).
+build without `-DGGML_RPC=on` has no such registry entry, and a llama-cpp-python release other
+than the one of our protocol version speaks another protocol (both: `RpcUnavailableError`, with
+the command that installs the right build).
 
 llama.cpp's RPC client aborts the process when a worker is down, answers garbage or speaks
 another protocol version (`RPC_STATUS_ASSERT` -> `GGML_ABORT` in ggml-rpc.cpp). So before C
@@ -35,22 +37,31 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from localr1.engine import worker_ram
+from localr1.engine.ggml_devices import DEVICE_TYPE_CPU, ggml_backend
 from localr1.errors import LocalR1Error
 from localr1.rpc_endpoints import DEFAULT_PORT as DEFAULT_PORT  # re-exported
-from localr1.rpc_endpoints import WorkerError, parse_endpoints  # also config's check
+from localr1.rpc_endpoints import (  # also config's check
+    WorkerBusyError,
+    WorkerError,
+    parse_endpoints,
+)
 from localr1.terminal_text import visible_controls
 
 # ggml-rpc.h of the llama.cpp llama-cpp-python 0.3.36 vendors; a worker built from another one
 # is refused by the C client (major differs, or its minor is newer), so we refuse it first.
 RPC_PROTO_MAJOR, RPC_PROTO_MINOR, RPC_PROTO_PATCH = 7, 0, 0
+# The llama-cpp-python releases whose llama.cpp speaks that protocol. The version is a macro
+# of ggml-rpc.h that the library exports nowhere, and it changes between releases (0.3.16:
+# 2.0.0, no RPC registry; 0.3.20: 3.6.1; 0.3.25: 4.0.0; 0.3.30: 4.0.1; 0.3.35: 5.0.0), as do
+# the commands this module sends: any other release is refused before it runs (`rpc_problem`).
+RPC_LLAMA_CPP_PYTHON = ("0.3.36",)
 RPC_CMD_HELLO = 14  # fixed across versions (a static_assert in ggml-rpc.cpp)
 RPC_CMD_GET_DEVICE_MEMORY, RPC_CMD_DEVICE_COUNT = 11, 15  # enum rpc_cmd of protocol 7
 RPC_CONN_CAPS_SIZE = 24
 _HELLO_REPLY_SIZE = 4 + RPC_CONN_CAPS_SIZE
 _OLD_HELLO_REPLY_SIZE = 3  # before protocol 7: major, minor, patch
 PROBE_TIMEOUT = 5.0
-
-_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type in ggml-backend.h
 
 _GPU_CMAKE_FLAGS = {"CUDA": "-DGGML_CUDA=on", "Metal": "-DGGML_METAL=on",
                     "Vulkan": "-DGGML_VULKAN=on", "SYCL": "-DGGML_SYCL=on",
@@ -82,14 +93,28 @@ class ServedDevice:
 
 
 def rpc_supported() -> bool:
-    """Whether this llama-cpp-python build has llama.cpp's RPC backend."""
+    """Whether localr1's RPC works with this llama-cpp-python: built with llama.cpp's RPC
+    backend, and a release that speaks our protocol (`rpc_problem` says which is missing)."""
+    return rpc_problem() is None
+
+
+def rpc_problem() -> str | None:
+    """Why `localr1 worker` and `--rpc` cannot work with this llama-cpp-python, in one line
+    (`reinstall_command` fixes it); None when they can."""
     import llama_cpp
 
-    return bool(llama_cpp.llama_supports_rpc())
+    if not llama_cpp.llama_supports_rpc():
+        return "this llama-cpp-python was built without llama.cpp's RPC backend"
+    if llama_cpp.__version__ not in RPC_LLAMA_CPP_PYTHON:
+        return (f"llama-cpp-python {visible_controls(llama_cpp.__version__)} does not speak "
+                f"llama.cpp's RPC protocol {RPC_PROTO_MAJOR}.{RPC_PROTO_MINOR}.{RPC_PROTO_PATCH}"
+                f" that localr1's RPC needs ({' or '.join(RPC_LLAMA_CPP_PYTHON)} does)")
+    return None
 
 
 def reinstall_command() -> str:
-    """The pip command that rebuilds llama-cpp-python with RPC, keeping this build's GPU."""
+    """The pip command that builds the llama-cpp-python release of our RPC protocol with RPC,
+    keeping this build's GPU."""
     from localr1.models.hardware import backend_info
 
     flags = ["-DGGML_RPC=on"]
@@ -97,7 +122,7 @@ def reinstall_command() -> str:
     if gpu_flag:
         flags.append(gpu_flag)
     return (f'CMAKE_ARGS="{" ".join(flags)}" pip install --force-reinstall --no-cache-dir '
-            "llama-cpp-python")
+            f"llama-cpp-python=={RPC_LLAMA_CPP_PYTHON[-1]}")
 
 
 def worker_version(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]:
@@ -237,9 +262,10 @@ def _receive(sock: socket.socket, size: int, endpoint: str, deadline: float,
             chunk = sock.recv(size - len(data))
         except ConnectionError:  # reset: as good as closed
             chunk = b""
-        except TimeoutError:
-            raise WorkerError(f"{endpoint}: no answer to {what} in time (busy serving "
-                              "another client, or not an RPC worker)") from None
+        except TimeoutError:  # connected, no hello back: busy (fit's note tells them apart)
+            error = WorkerBusyError if what == "the RPC hello" and not data else WorkerError
+            raise error(f"{endpoint}: no answer to {what} in time (busy serving another "
+                        "client, or not an RPC worker)") from None
         if not chunk:
             raise WorkerError(f"{endpoint}: closed the connection at {what} (an RPC "
                               "worker of another protocol version, or not an RPC worker)")
@@ -275,43 +301,47 @@ def connect_workers(endpoints: str | Iterable[str]) -> tuple[WorkerDevice, ...]:
                 for probe in [pool.submit(probe_worker, endpoint) for endpoint in new]:
                     probe.result()  # the first failure, in the order given
         ggml_abort.watch_workers(endpoints)  # C aborts when a worker goes away later
-        lib = _Ggml()
+        ggml = ggml_backend()
+        add_server = _rpc_function("ggml_backend_rpc_add_server", _ADD_SERVER)
         for endpoint in new:
-            reg = lib.rpc_add_server(endpoint.encode())
+            reg = add_server(endpoint.encode())
             if not reg:
                 raise WorkerError(f"{endpoint}: the worker offers no devices")
-            lib.backend_register(reg)
+            ggml.backend_register(reg)
             _registered[endpoint] = reg
         devices = []
         for endpoint in endpoints:
             reg = _registered[endpoint]
             found = []
-            for index in range(lib.reg_dev_count(reg)):
-                device = lib.reg_dev_get(reg, index)
-                free, total = lib.memory(device)
-                found.append(WorkerDevice(endpoint, lib.name(device), lib.description(device),
-                                          free, total))
+            for index in range(ggml.reg_dev_count(reg)):
+                device = ggml.reg_dev_get(reg, index)
+                free, total = ggml.memory(device)
+                found.append(WorkerDevice(endpoint, ggml.name(device),
+                                          ggml.description(device), free, total))
             _connected_devices[endpoint] = tuple(found)
             devices += found
     return tuple(devices)
 
 
 def serving_devices() -> tuple[ServedDevice, ...]:
-    """What `serve_worker` offers, as llama.cpp's rpc-server chooses: the GPUs, else the CPU."""
+    """What `serve_worker` offers, as llama.cpp's rpc-server chooses: the GPUs, else the CPU
+    (whose free memory is then this machine's available RAM, in this process too)."""
     _require_rpc()
-    lib = _Ggml()
-    return tuple(ServedDevice(lib.name(device), lib.description(device), *lib.memory(device))
-                 for device in _best_devices(lib))
+    ggml = ggml_backend()
+    return tuple(ServedDevice(ggml.name(device), ggml.description(device), *ggml.memory(device))
+                 for device in _best_devices())
 
 
 def serve_worker(host: str, port: int, *, threads: int, cache_dir: Path | None,
                  on_listening: Callable[[], None] | None = None) -> None:
-    """Serve this machine's best device(s) to RPC clients on `host:port` (IPv4) until the
-    process is interrupted. On KeyboardInterrupt end the process with os._exit: the server
-    thread may be inside llama.cpp, and the interpreter's exit would pull the ground from under
-    it. `cache_dir` keeps the tensors clients send, so a model is not sent again (None: no
-    cache; llama.cpp trusts a cached file unchecked). `on_listening` runs once the server
-    accepts connections.
+    """Serve this machine's best device(s) to RPC clients on `host:port` (IPv4); returns
+    never (a server that stops is a WorkerError). A CPU served reports this machine's available
+    RAM as free (worker_ram). Ctrl+C raises KeyboardInterrupt in the calling (main) thread
+    while the server thread goes on, maybe inside llama.cpp: the caller must then end the
+    process with os._exit, since the interpreter's normal exit would pull the ground from
+    under that thread (cli/worker.py does). `cache_dir` keeps the tensors clients send, so a
+    model is not sent again (None: no cache; llama.cpp trusts a cached file unchecked).
+    `on_listening` runs once the server accepts connections.
 
     The server owns the process: its fd 1 goes to /dev/null, since llama.cpp's server prints a
     banner and a line per connection there."""
@@ -336,10 +366,9 @@ def serve_worker(host: str, port: int, *, threads: int, cache_dir: Path | None,
 
     llama_log.install()  # its log (a client that is not RPC, say) stays off the terminal
     ggml_abort.install()
-    lib = _Ggml()
-    devices = _best_devices(lib)
+    devices = _best_devices()
     device_array = (ctypes.c_void_p * len(devices))(*devices)
-    start_server = lib.rpc_function("ggml_backend_rpc_start_server", _START_SERVER)
+    start_server = _rpc_function("ggml_backend_rpc_start_server", _START_SERVER)
     cache = os.fsencode(cache_dir) if cache_dir is not None else None
 
     def serve() -> None:
@@ -381,20 +410,23 @@ def _wait_listening(server: threading.Thread, address: str, port: int) -> bool:
 
 
 def _require_rpc() -> None:
-    if not rpc_supported():
-        raise RpcUnavailableError("this llama-cpp-python was built without llama.cpp's RPC "
-                                  f"backend; rebuild it with: {reinstall_command()}")
+    problem = rpc_problem()
+    if problem is not None:
+        raise RpcUnavailableError(f"{problem}; rebuild it with: {reinstall_command()}")
 
 
-def _best_devices(lib: _Ggml) -> list[int]:
+def _best_devices() -> list[int]:
+    """What llama.cpp's rpc-server serves: the GPUs, else the CPU, which from then on reports
+    this machine's available RAM as free in this process (worker_ram): call it in a worker."""
     from localr1.models.hardware import local_gpu_devices
 
     gpus = local_gpu_devices()
     if gpus:
         return gpus
-    cpu = lib.dev_by_type(_DEVICE_TYPE_CPU)
+    cpu = ggml_backend().dev_by_type(DEVICE_TYPE_CPU)
     if not cpu:
         raise WorkerError("llama.cpp offers no device to serve")
+    worker_ram.report_available_ram(cpu)
     return [cpu]
 
 
@@ -403,48 +435,12 @@ _START_SERVER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.
 _ADD_SERVER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
 
 
-class _Ggml:
-    """The ggml-backend.h calls we use, typed once."""
-
-    def __init__(self) -> None:
-        from localr1.engine.ggml_abort import ggml_function
-
-        def typed(name: str, restype, *argtypes):
-            function = ggml_function(name)
-            function.restype, function.argtypes = restype, list(argtypes)
-            return function
-
-        pointer, size = ctypes.c_void_p, ctypes.c_size_t
-        self.reg_by_name = typed("ggml_backend_reg_by_name", pointer, ctypes.c_char_p)
-        self.proc_address = typed("ggml_backend_reg_get_proc_address", pointer, pointer,
-                                  ctypes.c_char_p)
-        self.backend_register = typed("ggml_backend_register", None, pointer)
-        self.reg_dev_count = typed("ggml_backend_reg_dev_count", size, pointer)
-        self.reg_dev_get = typed("ggml_backend_reg_dev_get", pointer, pointer, size)
-        self.dev_by_type = typed("ggml_backend_dev_by_type", pointer, ctypes.c_int)
-        self._name = typed("ggml_backend_dev_name", ctypes.c_char_p, pointer)
-        self._description = typed("ggml_backend_dev_description", ctypes.c_char_p, pointer)
-        self._memory = typed("ggml_backend_dev_memory", None, pointer, ctypes.POINTER(size),
-                             ctypes.POINTER(size))
-
-    def rpc_function(self, name: str, prototype):
-        reg = self.reg_by_name(b"RPC")
-        address = self.proc_address(reg, name.encode()) if reg else None
-        if not address:
-            raise RpcUnavailableError(f"llama.cpp's RPC backend has no {name}; rebuild "
-                                      f"llama-cpp-python with: {reinstall_command()}")
-        return prototype(address)
-
-    def rpc_add_server(self, endpoint: bytes) -> int | None:
-        return self.rpc_function("ggml_backend_rpc_add_server", _ADD_SERVER)(endpoint)
-
-    def name(self, device: int) -> str:
-        return (self._name(device) or b"").decode("utf-8", "replace")
-
-    def description(self, device: int) -> str:
-        return (self._description(device) or b"").decode("utf-8", "replace")
-
-    def memory(self, device: int) -> tuple[int, int]:
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        self._memory(device, ctypes.byref(free), ctypes.byref(total))
-        return free.value, total.value
+def _rpc_function(name: str, prototype):
+    """A function of ggml-rpc.h, from the RPC backend's registry as llama.cpp's tools get it."""
+    ggml = ggml_backend()
+    reg = ggml.reg_by_name(b"RPC")
+    address = ggml.proc_address(reg, name.encode()) if reg else None
+    if not address:
+        raise RpcUnavailableError(f"llama.cpp's RPC backend has no {name}; rebuild "
+                                  f"llama-cpp-python with: {reinstall_command()}")
+    return prototype(address)

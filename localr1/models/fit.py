@@ -14,11 +14,14 @@ allowance, and the label says "(with draft)". Then:
 
 With RPC workers (config.toml's `rpc`, or `--rpc` on `list` and `show`), their free memory
 counts too: the layers are split between this machine's available RAM and the workers' devices
-as a load splits them (engine/rpc_split.py, gpu_layers "auto"), and the model fits when this
-machine holds its share plus the compute buffers and each worker its layers: "fits (with 2
-workers)", else "too large even with 2 workers". The workers are asked in Python
-(rpc_backend.worker_memory: nothing registered, at most WORKER_TIMEOUT); when one does not
-answer, the label is this machine's alone, noted "workers unreachable: local only".
+by the load's own figures (engine/split_memory.py, gpu_layers "auto": a draft stays wholly on
+this machine), and the model fits when this machine holds its share, the whole draft and the
+compute buffers, and each worker its layers: "fits (with 2 workers)", else "too large even
+with 2 workers". The workers are asked in Python (rpc_backend.worker_memory: nothing
+registered, at most WORKER_TIMEOUT); when one does not answer, the label is this machine's
+alone, noted "workers unreachable: local only", or "workers busy: local only" when each that
+failed took the connection but not the hello (llama.cpp's RPC server serves one client at a
+time: a worker serving another localr1 is alive).
 
 Beside the label, the estimated decode speed (`speed.py`), from the weights and the memory
 bandwidth of where they run; recommendations skip models too slow to be usable. Split between
@@ -30,13 +33,15 @@ model far too slow.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from localr1.models import hardware, speed
+from localr1.rpc_endpoints import WorkerBusyError, WorkerError
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
+    from localr1.engine.split_memory import SplitMemory
     from localr1.models.catalog import CatalogEntry, CatalogModel
     from localr1.models.hub_resolve import PullPlan
     from localr1.models.registry import GGUFSummary
@@ -174,19 +179,36 @@ def machine_memory(*, with_cpu_bandwidth: bool = True,
 
 def rpc_workers(endpoints: Sequence[str]) -> RpcWorkers:
     """The workers' free memory, asked within WORKER_TIMEOUT without registering them (a
-    listing never changes where this process's later loads offload)."""
+    listing never changes where this process's later loads offload). Each worker is asked on
+    its own, so that one busy is not reported as down with another that is."""
+    import concurrent.futures
+
     from localr1.engine import rpc_backend
 
     endpoints = tuple(endpoints)
-    if not rpc_backend.rpc_supported():
-        return RpcWorkers(endpoints, problem="this llama-cpp-python has no RPC backend; rebuild "
-                          f"it with: {rpc_backend.reinstall_command()}",
+    problem = rpc_backend.rpc_problem()
+    if problem is not None:
+        return RpcWorkers(endpoints, problem=f"{problem}; reinstall it with: "
+                                             f"{rpc_backend.reinstall_command()}",
                           note="no RPC in this build: local only")
-    try:
-        devices = rpc_backend.worker_memory(endpoints, timeout=WORKER_TIMEOUT)
-    except rpc_backend.WorkerError as exc:
-        return RpcWorkers(endpoints, problem=str(exc), note="workers unreachable: local only")
-    return RpcWorkers(endpoints, tuple(device.free_bytes for device in devices))
+
+    def ask(endpoint: str) -> tuple[rpc_backend.WorkerDevice, ...] | WorkerError:
+        try:
+            return rpc_backend.worker_memory(endpoint, timeout=WORKER_TIMEOUT)
+        except WorkerError as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(endpoints), 1)) as pool:
+        answers = list(pool.map(ask, endpoints))
+    failed = [answer for answer in answers if isinstance(answer, WorkerError)]
+    if failed:
+        busy = sum(isinstance(exc, WorkerBusyError) for exc in failed)
+        what = "busy" if busy == len(failed) else "busy or unreachable" if busy else \
+            "unreachable"
+        return RpcWorkers(endpoints, problem="; ".join(str(exc) for exc in failed),
+                          note=f"workers {what}: local only")
+    return RpcWorkers(endpoints, tuple(device.free_bytes for worker in answers
+                                       for device in worker))
 
 
 def shape_from_summary(summary: GGUFSummary) -> ModelShape:
@@ -212,10 +234,9 @@ def assess(shape: ModelShape, n_ctx: int, machine: MachineMemory, *, kv_type: st
     needed = estimate.total_bytes + draft_bytes
     workers = machine.workers
     if workers and workers.counted:
-        cpu_share = _cpu_share_with_workers(shape.n_layers or _UNKNOWN_LAYERS, estimate,
-                                            draft_estimate, machine, workers)
-        label = TOO_LARGE if cpu_share is None else FITS_WITH_WORKERS
-        on_cpu = round(shape.weights_bytes * (cpu_share or 0.0))
+        planned = _split_with_workers(shape, estimate, draft_estimate, machine, workers)
+        label = FITS_WITH_WORKERS if planned.fits else TOO_LARGE
+        on_cpu = round(shape.weights_bytes * planned.split.cpu_layers / planned.split.total)
         tokens_per_second = speed.decode_tokens_per_second(on_cpu, machine.cpu_bandwidth) \
             if on_cpu and machine.cpu_bandwidth and label != TOO_LARGE else None
         return Fit(label, needed, shape.weights_bytes, estimate.kv_cache_bytes, n_ctx, kv_known,
@@ -228,31 +249,21 @@ def assess(shape: ModelShape, n_ctx: int, machine: MachineMemory, *, kv_type: st
                tokens_per_second, upper_bound, kv_type, draft_bytes, workers)
 
 
-def _cpu_share_with_workers(n_layers: int, estimate: hardware.MemoryEstimate,
-                            draft: hardware.MemoryEstimate | None, machine: MachineMemory,
-                            workers: RpcWorkers) -> float | None:
-    """The share of the layers this machine keeps when the load splits them with the workers
-    (and a local GPU after them, as the engine does), or None when this machine or a device
-    could not hold its part: the load's own checks (loading.check_memory, check_device_memory)
-    on the split's figures."""
-    from localr1.engine.rpc_split import SplitDevice, plan_split
+def _split_with_workers(shape: ModelShape, estimate: hardware.MemoryEstimate,
+                        draft: hardware.MemoryEstimate | None, machine: MachineMemory,
+                        workers: RpcWorkers) -> SplitMemory:
+    """The split a load would make with the workers (and a local GPU after them, as the
+    engine orders them), and what it asks of each side: the load's own figures
+    (split_memory.plan_split_memory), so the label and the load's memory check agree."""
+    from localr1.engine.rpc_split import SplitDevice
+    from localr1.engine.split_memory import plan_split_memory
 
     devices = [SplitDevice(f"RPC {index}", free)
                for index, free in enumerate(workers.device_free)]
     if machine.can_offload:
         devices.append(SplitDevice(machine.backend, machine.vram_free or 0))
-    split = plan_split(n_layers, "auto", machine.ram_available, devices)
-    cpu_share = split.cpu_layers / split.total
-    layered = estimate.weights_bytes + estimate.kv_cache_bytes + \
-        (draft.weights_bytes + draft.kv_cache_bytes if draft else 0)
-    local = int(layered * cpu_share) + estimate.overhead_bytes + \
-        (draft.overhead_bytes if draft else 0)
-    per_layer = (estimate.weights_bytes + estimate.kv_cache_bytes) // n_layers
-    if local > machine.ram_available or any(
-            layers * per_layer > free
-            for (_, layers), free in zip(split.device_layers, split.device_free, strict=True)):
-        return None
-    return cpu_share
+    layered = replace(estimate, n_layers=shape.n_layers or _UNKNOWN_LAYERS)
+    return plan_split_memory(layered, "auto", machine.ram_available, devices, draft)
 
 
 def _estimate(shape: ModelShape, n_ctx: int, kv_type: str) -> hardware.MemoryEstimate:

@@ -109,7 +109,7 @@ def _has_local_gpu() -> bool:
     llama_supports_gpu_offload(): that is true in every build with RPC, GPU or not."""
     try:
         return bool(local_gpu_devices())
-    except AttributeError:  # a libllama that does not pass ggml's symbols on (Windows DLLs)
+    except RuntimeError:  # a libllama that does not pass ggml's symbols on (Windows DLLs)
         import llama_cpp
 
         return bool(llama_cpp.llama_supports_gpu_offload()) \
@@ -119,26 +119,16 @@ def _has_local_gpu() -> bool:
 def local_gpu_devices() -> list[int]:
     """This machine's GPUs (integrated ones too) as llama.cpp's device handles, in its order;
     RPC workers' devices (registered by --rpc) are GPUs to llama.cpp but not this machine's."""
-    import ctypes
-
     import llama_cpp
-    from llama_cpp import llama_cpp as bindings
+
+    from localr1.engine.ggml_devices import DEVICE_TYPE_GPU, DEVICE_TYPE_IGPU, ggml_backend
 
     if not llama_cpp.llama_supports_gpu_offload():
         return []
-    lib = bindings._lib  # dlsym on libllama finds the ggml it links
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
-    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    gpu_types = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU
-    devices = [lib.ggml_backend_dev_get(index) for index in range(lib.ggml_backend_dev_count())]
-    return [device for device in devices
-            if lib.ggml_backend_dev_type(device) in gpu_types
-            and lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(device)) != b"RPC"]
+    ggml = ggml_backend()
+    return [device for device in ggml.devices()
+            if ggml.dev_type(device) in (DEVICE_TYPE_GPU, DEVICE_TYPE_IGPU)
+            and ggml.reg_name(ggml.dev_backend_reg(device)) != "RPC"]
 
 
 def gpu_free_bytes(backend: BackendInfo) -> int | None:

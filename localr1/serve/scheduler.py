@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from localr1.errors import LocalR1Error
 from localr1.models.choice import ChosenModel
 from localr1.serve.api_error import ApiError
 from localr1.serve.model_names import same_file
+
+log = logging.getLogger("localr1.serve")
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,8 @@ class Scheduler:
         with self._cond:
             self._loads += 1
             self._failure = (target, self._loads, message)
+            if self._started.is_set():  # the first model's failure is start()'s to raise
+                log.warning("localr1 serve: cannot load %s: %s", target.name, message)
             self._cond.notify_all()
             if self._stopping or not self._started.is_set():  # the first model: start() says
                 self._started.set()
@@ -296,6 +301,9 @@ class Scheduler:
             decoder.run(feed, self._sink, self._cancel_all)
         except Exception as exc:  # llama.cpp failed mid-decode: every open request hears it
             failure = str(exc)
+            # The operator's terminal hears it too (a lost RPC worker, a llama.cpp error).
+            log.warning("localr1 serve: %s; the requests in flight failed, loading %s again",
+                        failure, target.name)
         finally:
             with self._cond:
                 self._accepting = False

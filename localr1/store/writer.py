@@ -76,6 +76,17 @@ class AssistantMessageWriter:
             if self.message_id is not None and self._dirty:
                 self._flush()
 
+    def flush_before_exit(self, timeout: float = 2.0) -> None:
+        """`flush` from the thread that ends the process (a lost RPC worker): it gives up after
+        `timeout` rather than wait forever on an owner stuck while holding the writer."""
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            if self.message_id is not None and self._dirty:
+                self._flush()
+        finally:
+            self._lock.release()
+
     def _flush(self) -> None:
         content, reasoning = self._texts()
         message_id = self.message_id

@@ -9,22 +9,19 @@ never happens in pytest's process), `localr1 worker` subprocesses on loopback, r
 
 from __future__ import annotations
 
-import pytest
+import os
+import signal
+import time
 
 from localr1.config import Settings
 from tests.conftest import requires_rpc
 from tests.fixtures import scripted_models as sm
-from tests.test_rpc_front_ends import (  # noqa: F401  (fixtures)
-    KILL_TO_ERROR_LIMIT,
-    long_loop_model,
-    lost_line,
-    stop,
-    worker_again,
-    workers,
-)
+from tests.rpc_workers import Worker, lost_line
 from tests.tui.conftest import SIZE, wait_for, wait_ready
 
 pytestmark = requires_rpc
+
+KILL_TO_ERROR_LIMIT = 10.0  # as for `run`: the fault is told within seconds
 
 
 def answer_text(app) -> str:
@@ -61,9 +58,9 @@ async def test_the_app_keeps_the_partial_answer_and_stays_up_when_a_worker_dies(
         first.kill()
         await wait_for(pilot, lambda: chat.turn is None, timeout=KILL_TO_ERROR_LIMIT,
                        what="the turn to fail")
-        await wait_for(pilot, lambda: lost_line(first) in answer_text(app),
+        await wait_for(pilot, lambda: lost_line(first.endpoint) in answer_text(app),
                        what="the reason under the answer")
-        assert any(lost_line(first) in str(note.message) for note in app._notifications)
+        assert any(lost_line(first.endpoint) in str(note.message) for note in app._notifications)
         assert app.is_running
 
         # The partial answer is kept like any interrupted turn.
@@ -74,7 +71,7 @@ async def test_the_app_keeps_the_partial_answer_and_stays_up_when_a_worker_dies(
         assert (sm.LOOP_CYCLE_TEXT * 200).startswith(saved.reasoning.lstrip())
 
         # The worker back: the next turn loads the model on it again and streams.
-        again = worker_again(first, tmp_path)
+        again = Worker(tmp_path, port=first.port)  # back after a restart
         try:
             chat.prompt.text = "again"
             await pilot.press("enter")
@@ -86,5 +83,38 @@ async def test_the_app_keeps_the_partial_answer_and_stays_up_when_a_worker_dies(
                 chat.turn.cancel.set()
                 await wait_for(pilot, lambda: chat.turn is None, timeout=60,
                                what="the turn to stop")
-            stop(again)
+            again.kill()
         assert store.branch(conversation_id)[-1].finish_reason == "cancelled"
+
+
+async def test_a_stopped_worker_fails_the_turn_after_rpc_timeout_and_the_app_stays_up(
+        make_app, store, workers, long_loop_model):
+    """kill -STOP closes no connection: the model process's watchdog ends it after the
+    configured silence, and the app says which worker."""
+    first, second = workers
+    settings = Settings(gpu_layers=-1, threads=1, rpc=(first.endpoint, second.endpoint),
+                        context_size=4096, rpc_timeout=2)
+    app = make_app(model_path=long_loop_model, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_ready(pilot)
+        chat = app.chat
+        chat.prompt.focus()
+        chat.prompt.text = "think on"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(saved_reasoning(store, app)) > 100,
+                       timeout=180, what="reasoning to stream")
+        os.kill(first.process.pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            await wait_for(pilot, lambda: chat.turn is None, timeout=60,
+                           what="the turn to fail")
+            took = time.monotonic() - stopped_at
+            expected = f"RPC worker {first.endpoint} stopped answering (no reply for 2 s)"
+            await wait_for(pilot, lambda: expected in answer_text(app),
+                           what="the reason under the answer")
+        finally:
+            os.kill(first.process.pid, signal.SIGCONT)
+        assert 2 <= took < 2 + KILL_TO_ERROR_LIMIT, took
+        assert app.is_running
+        saved = store.branch(chat.conversation.id)[-1]
+        assert saved.finish_reason == "error" and len(saved.reasoning) > 100

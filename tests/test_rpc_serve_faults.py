@@ -1,11 +1,11 @@
-"""The TUI and `serve` outlive a lost RPC worker (issue #16, point 4): the model that uses the
-workers is in a child process (engine/model_process); its end fails the turn or the requests
-in flight with the line `run` prints, the partial answer stays, and the next turn or request
-loads the model again once the worker is back.
+"""`serve` outlives a lost RPC worker (issue #16, point 4; the app's side is
+tests/tui/test_rpc_worker_lost.py): the model that uses the workers is in a child process
+(engine/model_process), so a worker killed mid-answer ends each stream in flight with the line
+`run` prints, the server stays up, says so while the worker is down, and loads the model again
+once it is back.
 
-Real parts: `localr1 worker` subprocesses on loopback, a real `localr1 serve` subprocess, the
-real app driven by Textual's pilot (its model in a spawned child: registering RPC devices never
-happens in pytest's process), real SQLite. Waits are on state, never sleeps.
+Real parts: `localr1 worker` subprocesses on loopback, a real `localr1 serve` subprocess, real
+HTTP. Waits are on state, never sleeps.
 """
 
 from __future__ import annotations
@@ -15,62 +15,16 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2 as httpx  # the openai client's HTTP library
 import pytest
 
 from tests.conftest import requires_rpc
-from tests.fixtures import scripted_models as sm
-from tests.rpc_workers import Worker, free_port, localr1_args, wait_until
+from tests.rpc_workers import Worker, free_port, localr1_args, lost_line, wait_until
 
 pytestmark = requires_rpc
 
 KILL_TO_ERROR_LIMIT = 10.0  # as for `run`: the fault is told within seconds
-
-
-@pytest.fixture(scope="module")
-def long_loop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Thinks on without end, with room for thousands of tokens."""
-    return sm.build_scripted_model(tmp_path_factory.mktemp("front-ends") / "loop-8k.gguf",
-                                   "loop", context_length=8192)
-
-
-@pytest.fixture()
-def workers(tmp_path: Path) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    try:
-        started.extend(Worker(tmp_path) for _ in range(2))
-        yield started
-    finally:
-        for worker in started:
-            worker.kill()
-
-
-def worker_again(worker: Worker, log_dir: Path) -> subprocess.Popen:
-    """A new `localr1 worker` on a killed worker's port (the worker back after a restart)."""
-    with open(log_dir / f"worker-{worker.port}-again.log", "wb") as log:
-        process = subprocess.Popen(localr1_args("worker", "--port", worker.port,
-                                                "--threads", 1),
-                                   stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        wait_until(worker.answers, f"the worker back on {worker.endpoint}", poll=process)
-    except BaseException:
-        process.kill()
-        process.wait(timeout=30)
-        raise
-    return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=30)
-
-
-def lost_line(worker: Worker) -> str:
-    return f"RPC worker {worker.endpoint} stopped answering (connection refused)"
 
 
 # ---- serve -------------------------------------------------------------------------------
@@ -93,11 +47,12 @@ def rpc_server(workers, long_loop_model, tmp_path) -> Iterator[tuple[str, subpro
                    timeout=180, poll=server)
         yield base, server
     finally:
-        server.terminate()
+        server.terminate()  # as Ctrl+C would: the model's process is closed with it
         try:
             server.wait(timeout=30)
-        finally:
-            stop(server)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
 
 
 def test_serve_fails_the_streams_in_flight_and_stays_up_when_a_worker_dies(
@@ -120,9 +75,10 @@ def test_serve_fails_the_streams_in_flight_and_stays_up_when_a_worker_dies(
                 first.kill()
                 killed_at = time.monotonic()
     assert error is not None, "the stream ended without saying why"
-    assert error["message"] == f"generation failed: {lost_line(first)}"
+    assert error["message"] == f"generation failed: {lost_line(first.endpoint)}"
     assert took < KILL_TO_ERROR_LIMIT, took
     assert server.poll() is None  # still serving
+    assert f"localr1 serve: {lost_line(first.endpoint)}" in (tmp_path / "serve.log").read_text()
 
     # While the worker is down each request says so, in one line, and the server stays up.
     reply = httpx.post(f"{base}/v1/chat/completions", timeout=120,
@@ -133,7 +89,7 @@ def test_serve_fails_the_streams_in_flight_and_stays_up_when_a_worker_dies(
     assert httpx.get(f"{base}/health", timeout=30).status_code in (200, 503)
 
     # The worker back: the next request loads the model on it again and is answered.
-    again = worker_again(first, tmp_path)
+    again = Worker(tmp_path, port=first.port)  # back after a restart
     try:
         reply = httpx.post(f"{base}/v1/chat/completions", timeout=180,
                            json={"messages": [{"role": "user", "content": "hi"}],
@@ -143,4 +99,4 @@ def test_serve_fails_the_streams_in_flight_and_stays_up_when_a_worker_dies(
         assert choice["finish_reason"] == "length"
         assert choice["message"]["reasoning_content"]
     finally:
-        stop(again)
+        again.kill()

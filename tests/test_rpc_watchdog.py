@@ -1,0 +1,253 @@
+"""RPC workers that stop answering without closing their connections (`kill -STOP` here, as a
+power loss or a pulled cable would look from the client): rpc_watchdog ends `run` and `batch`
+with one line naming the worker and exit 1 within the limit the test sets (rpc_timeout in
+config.toml); a worker paused for less than the limit lets the answer finish; Ctrl+C ends a
+hung `run` with exit 130.
+
+Real parts only: `localr1 worker` subprocesses on loopback, clients as subprocesses
+(registering RPC devices is process-wide), the scripted looping model, real SQLite. Stopped
+workers are continued and killed in `finally`. Waits are on state: the answer in the
+database, output that stops growing while a worker is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from localr1.engine import rpc_watchdog
+from localr1.engine.rpc_watchdog import TcpState
+from localr1.paths import app_paths
+from tests.conftest import requires_rpc
+from tests.fixtures import scripted_models as sm
+from tests.rpc_workers import (
+    Worker,
+    assistant_rows,
+    localr1_args,
+    localr1_process,
+    rpc_options,
+    short_and_long_prompts,
+    single_line,
+    wait_until,
+)
+
+LIMIT = 2  # rpc_timeout for the tests that trip it, in seconds
+TRIP_SLACK = 6.0  # the watchdog's tick, the check of the sockets, Python's exit
+
+
+def _set_rpc_timeout(seconds: float) -> None:
+    config = app_paths().config_file
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"rpc_timeout = {seconds}\n")
+
+
+def _stop(worker: Worker) -> None:
+    os.kill(worker.process.pid, signal.SIGSTOP)
+
+
+def _streaming(client: subprocess.Popen) -> tuple[int, int, str, str | None, str | None]:
+    """Wait for the answer to stream (its first flush is in the database)."""
+    [row] = wait_until(lambda: [row for row in assistant_rows() if len(row[3] or "") > 100],
+                       "the answer to stream", timeout=180, poll=client)
+    return row
+
+
+def _stalled(path: Path, client: subprocess.Popen, quiet: float = 1.0) -> None:
+    """Wait until `path` (a client's streamed output) has not grown for `quiet` seconds."""
+    size, since = path.stat().st_size, time.monotonic()
+
+    def still() -> bool:
+        nonlocal size, since
+        now_size = path.stat().st_size
+        if now_size != size:
+            size, since = now_size, time.monotonic()
+        return time.monotonic() - since >= quiet
+
+    wait_until(still, "the output to stop growing", timeout=60, poll=client)
+
+
+def _fault_line(endpoint: str) -> re.Pattern[str]:
+    return re.compile(rf"localr1: RPC worker {re.escape(endpoint)} stopped answering "
+                      r"\(no reply for \d+ s\)")
+
+
+@requires_rpc
+def test_run_with_a_stopped_worker_names_it_and_exits_1(workers, long_loop_model, tmp_path):
+    _set_rpc_timeout(LIMIT)
+    first, second = workers
+    err = tmp_path / "stderr"
+    with localr1_process("run", "-m", long_loop_model,
+                         *rpc_options(first.endpoint, second.endpoint), "--ctx", 8192,
+                         "--max-tokens", 8000, "think on", stderr=err) as client:
+        message_id, conversation_id, _, _, _ = _streaming(client)
+        _stop(first)  # the worker holding the model's layer: its connection stays open
+        stopped_at = time.monotonic()
+        returncode = client.wait(timeout=60)
+        took = time.monotonic() - stopped_at
+    assert returncode == 1, err.read_text()[-2000:]
+    printed, line = err.read_text().rstrip("\n").rsplit("\n", 1)  # the line starts a line
+    assert _fault_line(first.endpoint).fullmatch(line), err.read_text()[-500:]
+    assert LIMIT <= took < LIMIT + TRIP_SLACK, took
+    # The answer up to the last token printed is kept, marked as cut off.
+    shown = subprocess.run(localr1_args("history", "show", conversation_id, "--json",
+                                        "--reasoning"),
+                           capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    [answer] = [m for m in json.loads(shown.stdout)["messages"] if m["id"] == message_id]
+    assert answer["finish_reason"] == "incomplete"
+    assert answer["reasoning"].rstrip("\n") == printed.rstrip("\n")
+    assert (sm.LOOP_CYCLE_TEXT * 100).startswith(printed)
+
+
+@requires_rpc
+def test_batch_with_a_stopped_worker_names_it_and_exits_1(workers, long_loop_model, tmp_path):
+    _set_rpc_timeout(LIMIT)
+    first, second = workers
+    prompts = short_and_long_prompts(tmp_path)
+    records, err = tmp_path / "records.jsonl", tmp_path / "stderr"
+    with localr1_process("batch", prompts, "-o", records, "-m", long_loop_model,
+                         *rpc_options(first.endpoint, second.endpoint), "--max-tokens", 4000,
+                         stderr=err) as client:
+        wait_until(lambda: records.exists() and '"short"' in records.read_text(),
+                   "the first record", timeout=180, poll=client)
+        _stop(first)  # while the second record decodes
+        stopped_at = time.monotonic()
+        returncode = client.wait(timeout=60)
+        took = time.monotonic() - stopped_at
+    assert returncode == 1, err.read_text()
+    assert _fault_line(first.endpoint).fullmatch(single_line(err)), err.read_text()
+    assert took < LIMIT + TRIP_SLACK, took
+    [record] = [json.loads(line) for line in records.read_text().splitlines()]
+    assert record["id"] == "short"
+
+
+@requires_rpc
+def test_a_worker_paused_for_less_than_the_limit_lets_the_answer_finish(
+        workers, long_loop_model, tmp_path):
+    _set_rpc_timeout(20)
+    first, second = workers
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with localr1_process("run", "-m", long_loop_model,
+                         *rpc_options(first.endpoint, second.endpoint), "--ctx", 8192,
+                         "--reasoning-budget", 600, "--max-tokens", 1200,
+                         "think on", stdout=out, stderr=err) as client:
+        _streaming(client)
+        _stop(first)
+        _stalled(err, client, quiet=2.0)  # the reasoning stopped streaming: the decode waits
+        os.kill(first.process.pid, signal.SIGCONT)
+        returncode = client.wait(timeout=180)
+    assert returncode == 0, err.read_text()[-2000:]
+    assert "stopped answering" not in err.read_text()
+    assert out.read_text().strip()  # the answer after the reasoning budget
+
+
+@requires_rpc
+def test_ctrl_c_ends_a_run_hung_on_a_stopped_worker(workers, long_loop_model, tmp_path):
+    _set_rpc_timeout(600)  # the watchdog would wait long: Ctrl+C must not
+    first, second = workers
+    err = tmp_path / "stderr"
+    with localr1_process("run", "-m", long_loop_model,
+                         *rpc_options(first.endpoint, second.endpoint), "--ctx", 8192,
+                         "--max-tokens", 8000, "think on", stderr=err) as client:
+        _streaming(client)
+        _stop(first)
+        _stalled(err, client)
+        client.send_signal(signal.SIGINT)
+        interrupted_at = time.monotonic()
+        returncode = client.wait(timeout=30)
+        took = time.monotonic() - interrupted_at
+    assert returncode == 130, err.read_text()[-2000:]
+    assert took < rpc_watchdog.INTERRUPT_GRACE + 3, took
+    streamed, last_line = err.read_text().rstrip("\n").rsplit("\n", 1)
+    assert last_line == "localr1: interrupted"
+    assert (sm.LOOP_CYCLE_TEXT * 100).startswith(streamed)
+
+
+# ---- the rule, on sockets' states ----------------------------------------------------------
+
+WORKERS = ("10.0.0.2:50052", "10.0.0.3:50052")
+IDLE = TcpState(last_sent=40.0, last_received=39.9, unacked=0, retransmits=0)  # answered
+
+
+def test_a_decode_with_data_received_within_the_limit_goes_on():
+    waiting = TcpState(last_sent=0.5, last_received=0.4, unacked=0, retransmits=0)
+    states = {WORKERS[0]: [IDLE], WORKERS[1]: [waiting]}
+    assert rpc_watchdog.stalled_worker(WORKERS, states, elapsed=40.0, limit=30.0) is None
+    # A decode younger than the limit goes on whatever the sockets say.
+    assert rpc_watchdog.stalled_worker(WORKERS, {}, elapsed=29.0, limit=30.0) is None
+
+
+def test_the_worker_sent_a_request_and_silent_since_is_named():
+    waiting = TcpState(last_sent=31.0, last_received=31.5, unacked=0, retransmits=0)
+    states = {WORKERS[0]: [IDLE], WORKERS[1]: [waiting]}
+    assert rpc_watchdog.stalled_worker(WORKERS, states, elapsed=31.0, limit=30.0) == \
+        "localr1: RPC worker 10.0.0.3:50052 stopped answering (no reply for 31 s)"
+
+
+def test_data_resent_without_acknowledgement_says_the_machine_is_gone():
+    unacked = TcpState(last_sent=35.0, last_received=36.0, unacked=3, retransmits=5)
+    states = {WORKERS[0]: [unacked], WORKERS[1]: [IDLE]}
+    assert rpc_watchdog.stalled_worker(WORKERS, states, elapsed=35.0, limit=30.0) == (
+        "localr1: RPC worker 10.0.0.2:50052 stopped answering (its machine does not "
+        "acknowledge what was sent)")
+
+
+def test_without_sockets_to_read_every_worker_is_named():
+    assert rpc_watchdog.stalled_worker(WORKERS, {}, elapsed=31.0, limit=30.0) == (
+        "localr1: RPC worker 10.0.0.2:50052 or 10.0.0.3:50052 stopped answering "
+        "(no reply for 31 s)")
+
+
+def test_the_limit_grows_with_the_slowest_decode_per_token(monkeypatch):
+    monkeypatch.setattr(rpc_watchdog, "_limit", 30.0)
+    monkeypatch.setattr(rpc_watchdog, "_slowest_per_token", 0.25)
+    assert rpc_watchdog.limit_for(1) == 30.0  # one token: the setting
+    assert rpc_watchdog.limit_for(512) == 2 * 0.25 * 512  # a prompt chunk: scaled
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads Linux's /proc")
+def test_the_socket_waiting_on_a_worker_is_found_and_read():
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        endpoint = f"127.0.0.1:{listening.getsockname()[1]}"
+        with socket.create_connection(listening.getsockname()) as client:
+            served, _ = listening.accept()
+            with served:
+                served.sendall(b"hello")
+                assert client.recv(5) == b"hello"
+
+                def last_received() -> float:
+                    [state] = rpc_watchdog.worker_sockets((endpoint,))[endpoint]
+                    return state.last_received
+
+                # TCP_INFO counts in milliseconds: the request goes out in a later one.
+                wait_until(lambda: last_received() >= 0.02, "a moment to pass", timeout=10)
+                client.sendall(b"a request left unanswered")
+                served.recv(64)
+                [state] = rpc_watchdog.worker_sockets((endpoint,))[endpoint]
+    assert state.last_sent < state.last_received
+    assert state.unacked == 0
+    assert rpc_watchdog.stalled_worker((endpoint,), {endpoint: [state]}, elapsed=5.0,
+                                       limit=0.01).startswith(
+        f"localr1: RPC worker {endpoint} stopped answering (no reply for ")
+
+
+def test_rpc_timeout_is_a_checked_setting(tmp_path):
+    from localr1.config import ConfigError, checked_setting, load_settings
+
+    assert checked_setting("rpc_timeout", 5) == 5.0
+    config = tmp_path / "config.toml"
+    config.write_text("rpc_timeout = 0.5\n")
+    with pytest.raises(ConfigError, match="'rpc_timeout' must be 1 to 86400 seconds"):
+        load_settings(config)
+    config.write_text("rpc_timeout = 90\n")
+    assert load_settings(config).rpc_timeout == 90.0
