@@ -22,7 +22,7 @@ from tests.tui.conftest import SIZE, send, start_pull_in_models_screen, wait_for
 
 @pytest.fixture()
 def fixed_machine(monkeypatch):
-    monkeypatch.setattr(fit, "machine_memory", lambda: FIXED_MACHINE)
+    monkeypatch.setattr(fit, "machine_memory", lambda **_: FIXED_MACHINE)
 
 
 async def test_tui_and_run_record_the_same_name(make_app, store, tmp_path, r1_prefill_model):
@@ -85,3 +85,19 @@ async def test_pull_panel_shows_the_planned_fit(make_app, prefill_engine, monkey
             assert str(panel.query_one("#pull-fit").render()) == planned.fit_text
             assert str(panel.query_one("#pull-title").render()) == \
                 f"r1:1.5b-q4_k_m · {R1_REPO} · {planned.size_text}"
+
+
+async def test_models_screen_counts_the_workers_chat_was_started_with(make_app, prefill_engine,
+                                                                      r1_original_model):
+    """`chat --rpc ENDPOINT` (here: nothing listens there) counts that worker, not config's."""
+    from localr1.config import Settings
+    from tests.rpc_workers import free_port
+
+    assert localr1("import", r1_original_model, "--name", "mine").exit_code == 0
+    app = make_app(engine=prefill_engine,
+                   settings=Settings(gpu_layers=0, rpc=(f"127.0.0.1:{free_port()}",)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+l")
+        installed = app.screen.installed_table
+        await wait_for(pilot, lambda: installed.row_count == 1, what="the list")
+        assert str(installed.get_cell_at((0, 3))).endswith("(workers unreachable: local only)")

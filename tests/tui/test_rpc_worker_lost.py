@@ -38,6 +38,16 @@ def saved_reasoning(store, app) -> str:
     return (last.reasoning or "") if last.role == "assistant" else ""
 
 
+async def think_on(pilot, store, at_least: int) -> None:
+    """Send "think on" and wait until that much reasoning is saved (the loop model thinks on)."""
+    app = pilot.app
+    app.chat.prompt.focus()
+    app.chat.prompt.text = "think on"
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: len(saved_reasoning(store, app)) > at_least, timeout=180,
+                   what="reasoning to stream")
+
+
 async def test_the_app_keeps_the_partial_answer_and_stays_up_when_a_worker_dies(
         make_app, store, workers, long_loop_model, tmp_path):
     first, second = workers
@@ -50,11 +60,7 @@ async def test_the_app_keeps_the_partial_answer_and_stays_up_when_a_worker_dies(
         # The header says where the layers went.
         assert f"RPC {first.endpoint}" in app.engine.info.placement
         chat = app.chat
-        chat.prompt.focus()
-        chat.prompt.text = "think on"
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: len(saved_reasoning(store, app)) > 200,
-                       timeout=180, what="reasoning to stream")
+        await think_on(pilot, store, at_least=200)
         first.kill()
         await wait_for(pilot, lambda: chat.turn is None, timeout=KILL_TO_ERROR_LIMIT,
                        what="the turn to fail")
@@ -98,11 +104,7 @@ async def test_a_stopped_worker_fails_the_turn_after_rpc_timeout_and_the_app_sta
     async with app.run_test(size=SIZE) as pilot:
         await wait_ready(pilot)
         chat = app.chat
-        chat.prompt.focus()
-        chat.prompt.text = "think on"
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: len(saved_reasoning(store, app)) > 100,
-                       timeout=180, what="reasoning to stream")
+        await think_on(pilot, store, at_least=100)
         os.kill(first.process.pid, signal.SIGSTOP)
         try:
             stopped_at = time.monotonic()

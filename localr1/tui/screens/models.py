@@ -133,7 +133,8 @@ class ModelsScreen(Screen[Path | None]):
         from localr1.models.listing import installed_rows
 
         try:
-            machine = fit.machine_memory()  # probed once for every fit label
+            # Probed once for every fit label; the workers the app uses (`chat --rpc` or config).
+            machine = fit.machine_memory(rpc=self.app.settings.rpc)
             installed = installed_rows(self.models_dir, machine)
         except Exception as exc:  # a broken registry or memory probe; the screen stays usable
             self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
