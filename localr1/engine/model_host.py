@@ -18,20 +18,19 @@ None).
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from localr1.child_process import ignore_ctrl_c
 from localr1.errors import GenerationError, LocalR1Error
 
 
 def host_main(connection: Any, config: Any, log_path: str) -> None:
     """The child's entry point (multiprocessing spawn): load, then serve until told to close
     or the parent goes away."""
+    ignore_ctrl_c()  # it reaches the whole process group: the parent decides when this ends
     _log_to(log_path)
-    # Ctrl+C in a terminal reaches the whole process group: the parent decides when this ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     host = _Host(connection)
     try:
         host.load(config)
@@ -126,6 +125,12 @@ class _Host:
     # ---- calls on the engine (serve's request building) --------------------------------------
 
     def _call(self, call: int, name: str, args: tuple[Any, ...]) -> None:
+        """On a thread of its own: a slow grammar must not hold up other requests' cancels.
+        The parent waits for open_decoder's result before it sends requests."""
+        threading.Thread(target=self._answer_call, args=(call, name, args),
+                         name=f"localr1-call-{call}", daemon=True).start()
+
+    def _answer_call(self, call: int, name: str, args: tuple[Any, ...]) -> None:
         try:
             if name == "prepare_prompt":
                 history, params, system_prompt, n_ctx = args

@@ -20,14 +20,16 @@ import itertools
 import multiprocessing
 import os
 import queue
-import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from localr1.chat_message import ChatMessage
-from localr1.engine.events import Event, GenerationParams, ModelInfo, TurnDone
+from localr1.child_process import starting_child
+from localr1.engine.events import Event, GenerationParams, ModelInfo, TurnDone, TurnStats
 from localr1.engine.llama_engine import Engine, EngineConfig
 from localr1.engine.model_host import host_main
 from localr1.engine.parallel_decoder import (
@@ -83,10 +85,14 @@ class _Child:
     """One child process and the thread that reads its messages into per-id inboxes."""
 
     def __init__(self, config: EngineConfig) -> None:
+        """Start the child; `wait_ready` waits for its model."""
+        self.config = config
         context = multiprocessing.get_context("spawn")  # fork would copy llama.cpp's threads
         self._connection, child_end = context.Pipe()
         handle, self.log_path = tempfile.mkstemp(prefix="localr1-model-", suffix=".log")
         os.close(handle)
+        # However this ends (closed, a Ctrl+C during a load, the app quitting), the log goes.
+        self._remove_log = weakref.finalize(self, _remove, self.log_path)
         self.process = context.Process(target=host_main, args=(child_end, config,
                                                                 self.log_path),
                                        name="localr1-model", daemon=True)
@@ -94,22 +100,34 @@ class _Child:
         self._inboxes: dict[int, queue.SimpleQueue] = {}
         self._inbox_lock = threading.Lock()
         self.gone: _ChildGone | None = None
+        self.ended = threading.Event()  # set with `gone`, once every inbox has heard it
         self.info: ModelInfo | None = None
         try:
-            with _stderr_with_a_file():
+            with starting_child():
                 self.process.start()
+        except BaseException:
+            self._connection.close()
+            self._remove_log()
+            raise
         finally:
             child_end.close()  # ours: its EOF must come when the child ends
-        self._start(config)
 
-    def _start(self, config: EngineConfig) -> None:
+    def wait_ready(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Until the model is loaded: its load error (one line) raised here; _LoadStopped
+        (the child killed) as soon as `stop()` says so."""
         try:
+            while not self._connection.poll(_CANCEL_POLL):
+                if stop():
+                    self.close()
+                    raise _LoadStopped
             kind, value = self._connection.recv()
         except (EOFError, OSError):
+            if stop():  # closed from another thread while it loaded
+                raise _LoadStopped from None
             self.process.join(_CLOSE_GRACE)
-            reason = self.last_words() or f"the model process for {config.model_path.name} " \
-                                           f"ended while loading (exit code " \
-                                           f"{self.process.exitcode})"
+            reason = self.last_words() or f"the model process for " \
+                                           f"{self.config.model_path.name} ended while " \
+                                           f"loading (exit code {self.process.exitcode})"
             self.close()
             raise LocalR1Error(reason) from None
         if kind == "failed":
@@ -167,6 +185,7 @@ class _Child:
             boxes = list(self._inboxes.values())
         for box in boxes:
             box.put(gone)
+        self.ended.set()
 
     def last_words(self) -> str | None:
         """The child's last line of its own ("localr1: ..."), without that prefix."""
@@ -180,34 +199,25 @@ class _Child:
         return None
 
     def close(self) -> None:
-        self.send("close")
+        """Ask the child to end (a loading one is killed: it would not hear us)."""
+        if self.info is None or not self.send("close"):
+            self.process.kill()
         self.process.join(_CLOSE_GRACE)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
         with contextlib.suppress(OSError):
             self._connection.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log_path)
+        self._remove_log()
 
 
-@contextlib.contextmanager
-def _stderr_with_a_file() -> Iterator[None]:
-    """sys.stderr as a real file while a child starts: multiprocessing's resource tracker
-    passes sys.stderr's descriptor on, and under Textual sys.stderr is a capture whose
-    fileno() is -1 ("bad value(s) in fds_to_keep")."""
-    try:
-        usable = sys.stderr.fileno() >= 0
-    except (AttributeError, OSError, ValueError):
-        usable = False
-    if usable or sys.__stderr__ is None:
-        yield
-        return
-    captured, sys.stderr = sys.stderr, sys.__stderr__
-    try:
-        yield
-    finally:
-        sys.stderr = captured
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class _LoadStopped(Exception):
+    """A restart given up: the turn was stopped, or the engine closed, while it loaded."""
 
 
 # The decoder's messages (its requests' events, run_done) go to its one inbox, under this key.
@@ -221,6 +231,7 @@ class ProcessEngine:
     def __init__(self, config: EngineConfig, child: _Child) -> None:
         self.config = config
         self._child = child
+        self._loading: _Child | None = None  # a restart under way (close() kills it)
         self._ids = itertools.count()
         self._restart_lock = threading.Lock()
         self._closed = False
@@ -228,28 +239,40 @@ class ProcessEngine:
     @classmethod
     def start(cls, config: EngineConfig) -> ProcessEngine:
         """Load `config` in a new child; its load error (one line) is raised here."""
-        return cls(config, _Child(config))
+        child = _Child(config)
+        child.wait_ready()
+        return cls(config, child)
 
     @property
     def info(self) -> ModelInfo:
         return self._child.info
 
-    def child(self) -> _Child:
-        """The live child, starting a new one when the last one ended."""
+    def child(self, stop: Callable[[], bool] = lambda: False) -> _Child:
+        """The live child, starting a new one when the last one ended (a chat turn: the TUI
+        goes on after a lost worker). _LoadStopped when `stop()` or close() ends the wait."""
         with self._restart_lock:
             if self._closed:
                 raise GenerationError("the model was closed")
             if self._child.gone is not None:
                 self._child.close()
-                self._child = _Child(self.config)
+                if stop():
+                    raise _LoadStopped
+                self._loading = fresh = _Child(self.config)
+                try:
+                    fresh.wait_ready(lambda: self._closed or stop())
+                finally:
+                    self._loading = None
+                self._child = fresh
             return self._child
 
     def next_id(self) -> int:
         return next(self._ids)
 
     def call(self, name: str, *args: Any) -> Any:
-        """Run one of model_host's calls in the child and return its value."""
-        return self.call_on(self.child(), name, *args)
+        """Run one of model_host's calls in the child and return its value; GenerationError
+        when the child has ended. Never a restart: serve's scheduler reloads the model itself
+        (a request's thread must not)."""
+        return self.call_on(self._child, name, *args)
 
     def call_on(self, child: _Child, name: str, *args: Any) -> Any:
         key = self.next_id()
@@ -278,8 +301,15 @@ class ProcessEngine:
                     system_prompt: str | None = None, cancel: threading.Event | None = None,
                     answer_now: threading.Event | None = None) -> Iterator[Event]:
         """One turn, streamed from the child; GenerationError (the child's last line) when it
-        ends midway. The events already yielded stand: the caller keeps the partial answer."""
-        child = self.child()
+        ends midway. The events already yielded stand: the caller keeps the partial answer.
+        After a lost worker the model is loaded again first; Stop during that load ends the
+        turn as cancelled."""
+        started = time.perf_counter()
+        try:
+            child = self.child(stop=lambda: cancel is not None and cancel.is_set())
+        except _LoadStopped:
+            yield TurnDone(cancelled_before_start(time.perf_counter() - started))
+            return
         turn = self.next_id()
         box = child.inbox(turn)
         flags = _Flags(child, turn, cancel, answer_now)
@@ -306,10 +336,12 @@ class ProcessEngine:
             child.drop_inbox(turn)
 
     def close(self) -> None:
+        self._closed = True  # a restart under way sees it and gives up
+        loading = self._loading
+        if loading is not None:
+            loading.close()
         with self._restart_lock:
-            if not self._closed:
-                self._closed = True
-                self._child.close()
+            self._child.close()
 
     def __enter__(self) -> ProcessEngine:
         return self
@@ -385,14 +417,13 @@ class _Pending:
 
 class ProcessDecoder:
     """serve's ParallelDecoder, in the child: requests from a RequestFeed go to it, events
-    come back to the sink in this process. One per ProcessEngine at a time."""
+    come back to the sink in this process. One per ProcessEngine at a time. A request's
+    `answer_now` is not passed on (serve sets none)."""
 
     def __init__(self, engine: ProcessEngine, parallel: int, n_ctx_per_sequence: int,
                  threads: int | None = None) -> None:
         self.engine = engine
-        self.n_parallel = parallel
-        self.n_ctx_per_sequence = n_ctx_per_sequence
-        self._child = engine.child()
+        self._child = engine._child
         engine.call_on(self._child, "open_decoder", parallel, n_ctx_per_sequence, threads)
 
     def run(self, feed: RequestFeed, sink: EventSink,
@@ -408,7 +439,9 @@ class ProcessDecoder:
         cancel_all_sent = False
         try:
             if not child.send("run"):
-                raise GenerationError(self._gone_reason(box))
+                gone = box.get()  # the reader puts the reason in every inbox
+                raise GenerationError(gone.reason if isinstance(gone, _ChildGone)
+                                      else "the model process has ended")
             taker.start()
             while True:
                 reply = _get(box, bool(pending))
@@ -448,21 +481,21 @@ class ProcessDecoder:
                 return  # gone: the run loop has heard it, and its caller fails what is open
             box.put(("queued", key, None))  # wakes the loop to watch this request's cancel
 
-    @staticmethod
-    def _gone_reason(box: queue.SimpleQueue) -> str:
-        with contextlib.suppress(queue.Empty):
-            item = box.get_nowait()
-            if isinstance(item, _ChildGone):
-                return item.reason
-        return "the model process has ended"
-
     def close(self) -> None:
         with contextlib.suppress(LocalR1Error):  # a child that is gone has nothing to free
             if self._child.gone is None:
-                self.engine.call("close_decoder")
+                self.engine.call_on(self._child, "close_decoder")
 
     def __enter__(self) -> ProcessDecoder:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cancelled_before_start(seconds: float) -> TurnStats:
+    """A turn stopped before the model could start it: nothing generated."""
+    return TurnStats(finish_reason="cancelled", prompt_tokens=0, cached_prompt_tokens=0,
+                     completion_tokens=0, reasoning_tokens=0, reasoning_truncated=False,
+                     reasoning_budget_hit=False, dropped_messages=0, ttft_seconds=seconds,
+                     tokens_per_second=0.0, thinking_seconds=None, total_seconds=seconds)

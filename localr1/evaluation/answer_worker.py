@@ -14,9 +14,10 @@ import functools
 import json
 import logging
 import re
-import signal
 import warnings
 from typing import Any
+
+from localr1.child_process import ignore_ctrl_c
 
 # math-verify's own per-step timeouts (whole seconds, signal.alarm). A check takes at most
 # JUDGE_STEPS of them (the reference parsed twice, the answer once, the comparison once), and
@@ -32,9 +33,7 @@ MEMORY_LIMIT_BYTES = 3 << 30
 
 def serve(conn) -> None:
     """Answer requests until the parent closes its end of the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
-    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it started us
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    ignore_ctrl_c()
     _limit_memory()
     warnings.simplefilter("ignore")
     # math-verify logs warnings per odd answer; with no handler Python would print them.

@@ -8,16 +8,14 @@ with a deadline per check; see answer_worker for why.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import re
-import signal
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 
+from localr1.child_process import starting_child
 from localr1.errors import LocalR1Error
 from localr1.evaluation import answer_worker
 
@@ -148,7 +146,7 @@ class AnswerChecker:
         process = context.Process(target=answer_worker.serve, args=(child_end,),
                                   name="localr1-answer-checker", daemon=True)
         try:
-            with _sigint_blocked():
+            with starting_child():
                 try:
                     process.start()
                 finally:
@@ -185,18 +183,3 @@ class AnswerChecker:
                 process.join()
 
 
-@contextlib.contextmanager
-def _sigint_blocked():
-    """SIGINT held back from this thread, and from a child started meanwhile (the mask is
-    inherited): Ctrl+C reaches the whole process group, and a child still starting Python
-    would die of it with a traceback. answer_worker.serve ignores it, then unblocks it."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
-        yield
-        return
-    # Started by the first spawn otherwise, and starting it unblocks SIGINT in this thread.
-    resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

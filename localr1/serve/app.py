@@ -24,7 +24,7 @@ from starlette.routing import Route
 from localr1.engine.events import AnswerDelta, GenerationParams, ReasoningDelta, TurnDone, TurnStats
 from localr1.engine.model_process import check_answer_grammar
 from localr1.engine.parallel_decoder import SequenceRequest
-from localr1.errors import ContextOverflowError, LocalR1Error
+from localr1.errors import ContextOverflowError, GenerationError, LocalR1Error
 from localr1.models.choice import ChosenModel
 from localr1.serve.api_error import ApiError
 from localr1.serve.auth import check_bearer
@@ -162,6 +162,8 @@ async def _submit(state: ServeState, chosen: ChosenModel, chat: ChatRequest,
     except ContextOverflowError as exc:
         raise ApiError(400, _overflow_message(exc, chat), code="context_length_exceeded",
                        param="messages") from None
+    except GenerationError as exc:  # the model's process ended (a lost RPC worker): ours
+        raise ApiError(503, f"generation failed: {exc}", code="generation_failed") from None
     except LocalR1Error as exc:
         raise ApiError(400, str(exc), code="invalid_request") from None
 

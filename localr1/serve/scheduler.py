@@ -296,20 +296,21 @@ class Scheduler:
             self._close_feed_when_idle()
             self._cond.notify_all()
         self._started.set()
-        failure = "the server is shutting down"
+        failure, failed = "the server is shutting down", False
         try:
             decoder.run(feed, self._sink, self._cancel_all)
         except Exception as exc:  # llama.cpp failed mid-decode: every open request hears it
-            failure = str(exc)
-            # The operator's terminal hears it too (a lost RPC worker, a llama.cpp error).
-            log.warning("localr1 serve: %s; the requests in flight failed, loading %s again",
-                        failure, target.name)
+            failure, failed = str(exc), True
         finally:
             with self._cond:
                 self._accepting = False
                 self._current = None
                 # The next model asked for; else the same one again (after a failed decode).
                 self._target = self._wanted.popleft() if self._wanted else target
+                if failed:  # the operator's terminal hears it too (a lost RPC worker)
+                    then = "stopping" if self._stopping else f"loading {self._target.name}"
+                    log.warning("localr1 serve: %s; the requests in flight failed; %s",
+                                failure, then)
                 while self._preparing:  # their submits see the feed closed and do not put
                     self._cond.wait()
                 # Normally none: the feed was drained. After a failure or a shutdown, the

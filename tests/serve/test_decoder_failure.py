@@ -95,3 +95,27 @@ def _wait_for(predicate) -> None:
             return
         pause.wait(0.01)
     pytest.fail("the decoder never stopped")
+
+
+def test_a_model_process_gone_while_a_request_is_prepared_is_a_503(serve, r1_prefill_model,
+                                                                   monkeypatch):
+    """With RPC workers the model is in a child process (engine/model_process): when it has
+    just ended, preparing a request raises GenerationError. That is the server's fault, to be
+    retried, not the client's (400)."""
+    import httpx2 as httpx
+
+    from localr1.engine.llama_engine import Engine
+
+    running = serve(r1_prefill_model)
+
+    def gone(*_args, **_kwargs):
+        raise GenerationError("RPC worker 127.0.0.1:50052 stopped answering (connection "
+                              "refused)")
+
+    monkeypatch.setattr(Engine, "prepare_prompt", gone)
+    reply = httpx.post(f"{running.base_url}/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "generation_failed"
+    assert reply.json()["error"]["message"] == (
+        "generation failed: RPC worker 127.0.0.1:50052 stopped answering (connection refused)")
