@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from localr1.config import checked_setting
-from localr1.engine.loading import check_device_memory, check_memory
+from localr1.engine.loading import check_memory, check_split_memory
 from localr1.engine.rpc_split import SplitDevice, layer_devices, plan_split
+from localr1.engine.split_memory import plan_split_memory
 from localr1.errors import InsufficientMemoryError
 from localr1.models import hardware
 from localr1.paths import app_paths
@@ -73,13 +74,17 @@ def test_the_memory_check_counts_the_workers_memory(tmp_path):
     model = tmp_path / "big.gguf"
     with pytest.raises(InsufficientMemoryError, match="of RAM"):
         check_memory(model, estimate, 0, 4096)
-    workers = [SplitDevice("RPC a:1", available), SplitDevice("RPC b:2", available)]
-    split = plan_split(n_layers, "auto", available, workers)
-    check_memory(model, estimate, split.offloaded, 4096)
-    check_device_memory(model, estimate, split)
+
+    def check(requested: int | str, workers: list[SplitDevice]) -> None:
+        planned = plan_split_memory(estimate, requested, available, workers)
+        check_split_memory(model, planned, estimate, 4096)
+
+    check("auto", [SplitDevice("RPC a:1", available), SplitDevice("RPC b:2", available)])
     small = [SplitDevice("RPC a:1", available // 100), SplitDevice("RPC b:2", available)]
     with pytest.raises(InsufficientMemoryError, match=r"RPC a:1 would hold \d+ layers"):
-        check_device_memory(model, estimate, plan_split(n_layers, -1, available, small))
+        check(-1, small)
+    with pytest.raises(InsufficientMemoryError, match="of RAM"):  # too little on the workers
+        check("auto", [SplitDevice("RPC a:1", available // 100)])
 
 
 def test_the_memory_check_counts_a_draft_kept_here_in_full(tmp_path):
@@ -87,11 +92,18 @@ def test_the_memory_check_counts_a_draft_kept_here_in_full(tmp_path):
     estimate = hardware.MemoryEstimate(available * 3 // 2, 0, 0, 40)
     draft = hardware.MemoryEstimate(available * 8 // 10, 0, 0, 24)
     model = tmp_path / "big.gguf"
-    # 27 of 41 layers on the workers: a third of the model stays here, and so would a third of
-    # a draft offloaded like it; a draft on this machine's CPU (with --rpc) is here in full.
-    check_memory(model, estimate, 27, 4096, draft=draft)
+    workers = [SplitDevice("RPC a:1", available), SplitDevice("RPC b:2", available)]
+
+    def check(requested: int | str, draft: hardware.MemoryEstimate | None) -> None:
+        planned = plan_split_memory(estimate, requested, available, workers, draft)
+        check_split_memory(model, planned, estimate, 4096, draft=draft)
+
+    # 27 of 41 layers on the workers: a third of the model stays here, and fits alone; with a
+    # draft (with --rpc always on this machine's CPU, whole) it does not.
+    check(27, None)
     with pytest.raises(InsufficientMemoryError, match=r"\+ draft"):
-        check_memory(model, estimate, 27, 4096, draft=draft, draft_on_cpu=True)
+        check(27, draft)
+    check("auto", draft)  # the split leaves room for the draft
 
 
 # ---- options and config --------------------------------------------------------------------

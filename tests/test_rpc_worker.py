@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from localr1.cli.main import cli
+from localr1.engine.ggml_devices import DEVICE_TYPE_CPU, ggml_backend
 from localr1.engine.rpc_backend import (
     RPC_LLAMA_CPP_PYTHON,
     RPC_PROTO_MAJOR,
@@ -200,9 +201,14 @@ def test_a_non_loopback_host_needs_allow_remote(tmp_path):
 def test_bad_worker_arguments_are_one_line(tmp_path, monkeypatch):
     """The hostile values of tests/test_hostile_cli.py (which skips `worker`: a good argument
     serves until Ctrl+C), in process; a port held here keeps any that got through from
-    serving, with a message no case expects."""
+    serving, with a message no case expects. A --cache case gets as far as choosing the
+    devices, which would make pytest's own CPU device report the available RAM (worker_ram):
+    that patch is left out here (test_a_worker_serves_its_gpus_else_its_cpu makes it, in a
+    child)."""
+    from localr1.engine import worker_ram
     from tests.test_hostile_cli import invoke_in_process
 
+    monkeypatch.setattr(worker_ram, "report_available_ram", lambda device: None)
     monkeypatch.chdir(tmp_path)
     fifo, folder = tmp_path / "fifo", tmp_path / "folder"
     os.mkfifo(fifo)
@@ -315,15 +321,29 @@ def test_connect_workers_registers_the_workers_devices_in_a_child(worker, tmp_pa
     assert local_after == local_before
 
 
-def test_a_worker_serves_its_gpus_else_its_cpu():
-    from localr1.models.hardware import backend_info
+_SERVING_IN_A_CHILD = """
+import json
+from localr1.engine.rpc_backend import serving_devices
 
-    devices = serving_devices()
-    assert devices and all(0 < d.free_bytes <= d.total_bytes for d in devices)
-    if not backend_info().can_offload:  # llama.cpp's rpc-server's pick: the CPU alone
-        assert [d.name for d in devices] == ["CPU"]
+print(json.dumps([d.__dict__ for d in serving_devices()]))
+"""
+
+
+def test_a_worker_serves_its_gpus_else_its_cpu(tmp_path):
+    """In a child: a CPU served reports the available RAM from then on, in its whole process;
+    pytest's own CPU device keeps llama.cpp's figure."""
+    result = subprocess.run([sys.executable, "-c", _SERVING_IN_A_CHILD], capture_output=True,
+                            text=True, env=_child_env(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    devices = json.loads(result.stdout)
+    assert devices and all(0 < d["free_bytes"] <= d["total_bytes"] for d in devices)
+    if not hardware.backend_info().can_offload:  # llama.cpp's rpc-server's pick: the CPU alone
+        assert [d["name"] for d in devices] == ["CPU"]
     else:
-        assert "CPU" not in [d.name for d in devices]
+        assert "CPU" not in [d["name"] for d in devices]
+    ggml = ggml_backend()
+    free, total = ggml.memory(ggml.dev_by_type(DEVICE_TYPE_CPU))
+    assert free == total  # llama.cpp's CPU device, unpatched here (Linux and macOS)
 
 
 _SLACK = 1024**3 // 4  # what other programs may allocate or free while we ask

@@ -1,5 +1,5 @@
-"""Getting a GGUF into llama.cpp: the context size, the up-front memory check and the load
-itself, with llama.cpp's own error lines turned into one clear message.
+"""Getting a GGUF into llama.cpp: its parts' headers, the context size, the up-front memory
+check and the load itself, with llama.cpp's own error lines turned into one clear message.
 
 The KV-cache options (flash_attn "auto"|"on"|"off", kv_type "f16"|"q8_0"|"q4_0") go into the
 context params. llama.cpp (src/llama-context.cpp, llama_init_from_model) turns "auto" into "on"
@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from localr1.engine import ggml_abort, llama_log
 from localr1.engine.chat_template import check_gguf_templates
-from localr1.engine.rpc_split import LayerSplit
-from localr1.engine.split_memory import SplitMemory, device_bytes, this_machine_bytes
+from localr1.engine.split_memory import SplitMemory, this_machine_bytes
 from localr1.errors import ChatFormatError, InsufficientMemoryError, ModelLoadError
 from localr1.models import hardware
-from localr1.models.gguf_header import GGUFHeader
+from localr1.models.gguf_header import GGUFHeader, read_gguf_header
+from localr1.models.library import validate_gguf
+from localr1.models.split_names import part_paths
 from localr1.sizes import format_bytes
 
 if TYPE_CHECKING:
@@ -34,16 +35,26 @@ def context_size(requested: int, trained: int | None) -> int:
     return min(requested, trained) if trained else requested
 
 
+def read_model_headers(path: Path) -> list[GGUFHeader]:
+    """The header of each file of the GGUF at `path`: its own, or every part's of a split GGUF
+    (split.count above 1), found and checked as the models folder finds them; llama.cpp loads
+    the later parts from beside the first by the same names. Read before llama.cpp, which may
+    abort on a bad file."""
+    first = read_gguf_header(path)
+    if first.split_count <= 1:
+        return [first]
+    return validate_gguf(part_paths(path))
+
+
 def check_memory(path: Path, estimate: hardware.MemoryEstimate, gpu_layers: int,
                  n_ctx: int, *, draft: hardware.MemoryEstimate | None = None,
-                 kv_type: str = "f16", draft_on_cpu: bool = False) -> None:
+                 kv_type: str = "f16") -> None:
     """Refuse, in one line, a model (and its draft: `hardware.draft_estimate`, offloaded like
-    the model unless `draft_on_cpu`) that free RAM cannot hold. `estimate` is in `kv_type`
-    already; it is named in the message."""
+    the model) that free RAM cannot hold. `estimate` is in `kv_type` already; it is named in
+    the message. A split over RPC workers is check_split_memory's."""
     total_layers = estimate.n_layers + 1
     on_cpu_share = 1.0 - min(gpu_layers, total_layers) / total_layers
-    needed = this_machine_bytes(estimate, on_cpu_share, draft,
-                                1.0 if draft_on_cpu else on_cpu_share)
+    needed = this_machine_bytes(estimate, on_cpu_share, draft, on_cpu_share)
     available = hardware.memory_info().available_bytes
     if needed > available:
         _refuse_ram(path, needed, available, estimate, n_ctx, draft, kv_type)
@@ -57,7 +68,13 @@ def check_split_memory(path: Path, planned: SplitMemory, estimate: hardware.Memo
     if not planned.fits_here:
         _refuse_ram(path, planned.local_bytes, planned.local_free, estimate, n_ctx, draft,
                     kv_type)
-    check_device_memory(path, estimate, planned.split)
+    overfull = next(planned.overfull_devices(), None)
+    if overfull is not None:
+        label, layers, needed, free = overfull
+        raise InsufficientMemoryError(
+            f"{path.name}: {label} would hold {layers} layers (about {format_bytes(needed)}) "
+            f"but has only {format_bytes(free)} free; use a smaller --gpu-layers, a smaller "
+            f"quant or a smaller --ctx")
 
 
 def _refuse_ram(path: Path, needed: int, available: int, estimate: hardware.MemoryEstimate,
@@ -74,19 +91,6 @@ def _refuse_ram(path: Path, needed: int, available: int, estimate: hardware.Memo
         f" + KV cache{kv} {fmt(estimate.kv_cache_bytes)} at --ctx {n_ctx}{with_draft}) but "
         f"only {fmt(available)} is free; use {', '.join(hints[:-1])} or {hints[-1]}"
     )
-
-
-def check_device_memory(path: Path, estimate: hardware.MemoryEstimate,
-                        split: LayerSplit) -> None:
-    """Refuse, in one line, a split that gives a device (an RPC worker) more layers than its
-    free memory holds (check_memory counts what stays on this machine)."""
-    for (label, layers), needed, free in zip(split.device_layers, device_bytes(estimate, split),
-                                             split.device_free, strict=True):
-        if needed > free:
-            raise InsufficientMemoryError(
-                f"{path.name}: {label} would hold {layers} layers (about {format_bytes(needed)}) "
-                f"but has only {format_bytes(free)} free; use a smaller --gpu-layers, a smaller "
-                f"quant or a smaller --ctx")
 
 
 def check_kv_options(path: Path, header: GGUFHeader, flash_attn: str, kv_type: str) -> None:

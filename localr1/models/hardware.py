@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -156,18 +157,26 @@ def kv_cache_bytes(n_layers: int, n_ctx: int, n_kv_heads: int, key_length: int,
     return int(elements * KV_BYTES_PER_ELEMENT[kv_type])
 
 
-def estimate_memory(header: GGUFHeader, n_ctx: int, kv_type: str = "f16") -> MemoryEstimate:
+def estimate_memory(headers: GGUFHeader | Sequence[GGUFHeader], n_ctx: int,
+                    kv_type: str = "f16") -> MemoryEstimate:
+    """What a model needs at `n_ctx`. `headers`: its GGUF's header, or every part's of a split
+    GGUF (loading.read_model_headers): the first part holds the shape, and the weights are all
+    the parts' tensor data, as the fit labels count them (GGUFSummary.from_headers)."""
+    parts = [headers] if isinstance(headers, GGUFHeader) else list(headers)
+    header = parts[0]
     n_layers = header.block_count or 1
     key_len = header.key_length or 128
     kv = kv_cache_bytes(n_layers, n_ctx, header.head_count_kv or 1, key_len,
                         header.value_length or key_len, kv_type)
-    return MemoryEstimate(header.data_size, kv, COMPUTE_OVERHEAD_BYTES, n_layers)
+    return MemoryEstimate(sum(part.data_size for part in parts), kv, COMPUTE_OVERHEAD_BYTES,
+                          n_layers)
 
 
-def draft_estimate(header: GGUFHeader, n_ctx: int, kv_type: str = "f16") -> MemoryEstimate:
+def draft_estimate(headers: GGUFHeader | Sequence[GGUFHeader], n_ctx: int,
+                   kv_type: str = "f16") -> MemoryEstimate:
     """What a draft model adds beside its target: its weights, its own KV cache at the same
     context and kv_type, and its own compute buffers (a second llama.cpp context)."""
-    return estimate_memory(header, n_ctx, kv_type)
+    return estimate_memory(headers, n_ctx, kv_type)
 
 
 def plan_gpu_layers(requested: int | str, estimate: MemoryEstimate, backend: BackendInfo,
