@@ -23,6 +23,8 @@ from localr1.whole_file import replace_text
 # (top_k 40, min_p 0.05) never slip in.
 R1_TEMPERATURE = 0.6
 R1_TOP_P = 0.95
+# Seconds a decode of a few tokens may wait on silent RPC workers (engine.rpc_watchdog).
+DEFAULT_RPC_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Settings:
     draft_max: int = 16  # tokens drafted per step at most (llama.cpp's --draft-max)
     draft_min: int = 0  # fewer drafted tokens than this are not worth a target pass
     rpc: tuple[str, ...] = ()  # "host:port" of `localr1 worker`s that take part of the layers
-    rpc_timeout: float = 30.0  # seconds a decode waits on silent RPC workers (rpc_watchdog)
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT  # silent RPC workers end a decode after it
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def as_dict(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from localr1.engine import rpc_watchdog
 from localr1.engine.decode_loop import put_token
 from localr1.engine.lookup_drafter import NgramLookup
 from localr1.errors import GenerationError, ModelLoadError
@@ -100,8 +99,8 @@ class ModelDrafter:
         for i, token in enumerate(tokens):
             put_token(batch, i, token, pos + i, seq_id, last_logits and i == len(tokens) - 1)
         batch.n_tokens = len(tokens)
-        with rpc_watchdog.decoding(len(tokens)):
-            result = self._llama_cpp.llama_decode(self._ctx, batch)
+        # Not under rpc_watchdog: under --rpc the draft runs on this CPU alone (cpu_only).
+        result = self._llama_cpp.llama_decode(self._ctx, batch)
         if result != 0:
             raise GenerationError(f"llama.cpp failed while drafting (llama_decode {result})")
 

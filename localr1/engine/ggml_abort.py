@@ -72,7 +72,8 @@ def set_before_abort(hook: Callable[[], None] | None) -> None:
 def on_exit(hook: Callable[[], None]) -> Iterator[None]:
     """Run `hook` (e.g. flush the answer being saved) if the process is ended by an abort or
     rpc_watchdog while the block runs. It runs on whichever thread ends the process (llama.cpp's
-    RPC thread, the watchdog's): it must not wait long on a lock the decoding thread holds."""
+    RPC thread, the watchdog's): it must not wait long on a lock the decoding thread holds, nor
+    retry (the line waits for it: AssistantMessageWriter.flush_before_exit tries once)."""
     _exit_hooks.append(hook)
     try:
         yield

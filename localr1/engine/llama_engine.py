@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localr1.chat_message import ChatMessage
-from localr1.config import Settings
+from localr1.config import DEFAULT_RPC_TIMEOUT, Settings
 from localr1.engine import rpc_watchdog
 from localr1.engine.chat_format import ChatFormat, resolve_chat_format
 from localr1.engine.decode_loop import THINK_CLOSE, DecodeLoop, SequenceRequest, put_token
@@ -40,6 +40,7 @@ from localr1.engine.loading import (
     context_size,
     load_llama,
     new_sequences_context,
+    read_model_headers,
 )
 from localr1.engine.prompting import (
     ModelMessage,
@@ -51,7 +52,7 @@ from localr1.engine.rpc_split import SplitDevice
 from localr1.engine.split_memory import SplitMemory, plan_split_memory
 from localr1.engine.thread_policy import ThreadChoice, ThreadGovernor, choose_threads
 from localr1.models import hardware
-from localr1.models.gguf_header import GGUFHeader, read_gguf_header
+from localr1.models.gguf_header import GGUFHeader
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -75,7 +76,7 @@ class EngineConfig:
     draft_max: int = 16
     draft_min: int = 0
     rpc: tuple[str, ...] = ()  # `localr1 worker` endpoints that take part of the layers
-    rpc_timeout: float = 30.0  # seconds a decode may wait on silent workers (rpc_watchdog)
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT  # silent workers end a decode after it
 
     @classmethod
     def from_settings(cls, model_path: Path, settings: Settings, **overrides) -> EngineConfig:
@@ -115,12 +116,13 @@ class Engine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
-        header = read_gguf_header(config.model_path)  # before llama.cpp: it may abort on bad files
+        parts = read_model_headers(config.model_path)  # a split GGUF's weights: every part's
+        header = parts[0]
         n_ctx = context_size(config.context_size, header.context_length)
-        estimate = hardware.estimate_memory(header, n_ctx, config.kv_type)
+        estimate = hardware.estimate_memory(parts, n_ctx, config.kv_type)
         backend = hardware.backend_info()
         draft_path = config.draft if isinstance(config.draft, Path) else None
-        draft_estimate = hardware.draft_estimate(read_gguf_header(draft_path), n_ctx,
+        draft_estimate = hardware.draft_estimate(read_model_headers(draft_path), n_ctx,
                                                  config.kv_type) if draft_path else None
         if config.rpc:  # here, so the TUI's and serve's model process has it too
             from localr1.engine import rpc_watchdog
@@ -361,7 +363,8 @@ def _warm_up(llm: llama_cpp.Llama) -> None:
         for i, token in enumerate(tokens):
             put_token(batch, i, token, i, 0, i == len(tokens) - 1)
         batch.n_tokens = len(tokens)
-        with rpc_watchdog.decoding(len(tokens)):  # a worker that stops answering ends it
+        # Watched, not timed: its one-off costs would stretch every decode's time limit.
+        with rpc_watchdog.decoding(len(tokens), measured=False):
             llama_cpp.llama_decode(ctx, batch)  # a failure shows at the first real decode
     finally:
         llama_cpp.llama_batch_free(batch)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
+from localr1.store.connection import SqliteFailure
 from localr1.store.errors import StoreError
 from localr1.store.records import FINISH_REASONS, Message, utc_now
 
@@ -13,6 +15,9 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from localr1.store.database import Store
+
+# Seconds the exit path waits for the writer, then for SQLite's lock: the line comes first.
+EXIT_WAIT = 0.5
 
 
 class AssistantMessageWriter:
@@ -76,14 +81,20 @@ class AssistantMessageWriter:
             if self.message_id is not None and self._dirty:
                 self._flush()
 
-    def flush_before_exit(self, timeout: float = 2.0) -> None:
-        """`flush` from the thread that ends the process (a lost RPC worker): it gives up after
-        `timeout` rather than wait forever on an owner stuck while holding the writer."""
+    def flush_before_exit(self, timeout: float = EXIT_WAIT) -> None:
+        """`flush` from the thread that ends the process (a lost RPC worker), once: it waits at
+        most `timeout` for this writer and as long for SQLite's lock, with no retry, so the
+        exit line is not held back by an owner stuck holding the writer or by another
+        program's write; what it could not write is lost, as with a kill."""
         if not self._lock.acquire(timeout=timeout):
             return
         try:
             if self.message_id is not None and self._dirty:
-                self._flush()
+                content, reasoning = self._texts()
+                _write_once(self._store._db().conn, timeout,
+                            "UPDATE messages SET content = ?, reasoning = ? WHERE id = ?",
+                            (content, reasoning, self.message_id))
+                self._dirty = False
         finally:
             self._lock.release()
 
@@ -160,3 +171,24 @@ class AssistantMessageWriter:
         else:
             reason = "error"
         self.finish(reason)
+
+
+def _write_once(conn: sqlite3.Connection, busy_timeout: float, sql: str, params: tuple) -> None:
+    """One `BEGIN IMMEDIATE` transaction of `sql` that waits at most `busy_timeout` seconds for
+    the file's lock (this thread's connection keeps its own timeout afterwards)."""
+    try:
+        previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(sql, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
+    except sqlite3.Error as exc:
+        raise SqliteFailure(exc) from None
