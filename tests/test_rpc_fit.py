@@ -350,6 +350,13 @@ async def _fit_cells(pilot) -> dict[str, str]:
     return cells
 
 
+def configured():
+    """config.toml's settings, as `localr1 chat` starts the app with them."""
+    from localr1.config import load_settings
+
+    return load_settings(app_paths().config_file)
+
+
 @requires_rpc
 async def test_the_model_manager_counts_the_workers_off_the_ui_thread(
         make_app, prefill_engine, r1_prefill_model, workers, monkeypatch):  # noqa: F811
@@ -368,7 +375,7 @@ async def test_the_model_manager_counts_the_workers_off_the_ui_thread(
         return original(endpoints)
 
     monkeypatch.setattr(fit, "rpc_workers", rpc_workers)
-    app = make_app(engine=prefill_engine)
+    app = make_app(engine=prefill_engine, settings=configured())  # as `localr1 chat` reads it
     async with app.run_test(size=SIZE) as pilot:
         cells = await _fit_cells(pilot)
     assert cells["tiny-r1"] == cells[name] == "fits (with 2 workers)"
@@ -383,7 +390,7 @@ async def test_the_model_manager_notes_unreachable_workers(
     models.mkdir(parents=True, exist_ok=True)
     (models / "tiny-r1.gguf").symlink_to(r1_prefill_model)
     write_config(f'rpc = ["127.0.0.1:{free_port()}"]\n')
-    app = make_app(engine=prefill_engine)
+    app = make_app(engine=prefill_engine, settings=configured())  # as `localr1 chat` reads it
     async with app.run_test(size=SIZE) as pilot:
         cells = await _fit_cells(pilot)
     assert cells["tiny-r1"] == f"CPU only, fits in RAM ({NOTE})"

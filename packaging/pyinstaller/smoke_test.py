@@ -1,7 +1,9 @@
 """Smoke-test a frozen localr1 (the PyInstaller bundle, or any `localr1` executable) from
 outside the source tree: --version, doctor, run on a scripted fixture model, `serve` answering
-one chat completion (uvicorn loads its protocol modules by name), `eval` scoring a two-problem
-set (math-verify in a spawned child process of the frozen app), and the TUI driven in tmux
+one chat completion (uvicorn loads its protocol modules by name), the same with `--rpc` on a
+`localr1 worker` from the bundle (the model in a spawned child process), `eval` scoring a
+two-problem set (math-verify in a spawned child process of the frozen app), and the TUI driven
+in tmux
 (a prompt sent, the reasoning collapsed to "Thought for", the answer shown).
 
     python packaging/pyinstaller/smoke_test.py dist/localr1/localr1
@@ -60,12 +62,17 @@ def tui(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
-def serve(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def serve(exe: Path, model: Path, env: dict[str, str], cwd: Path, *options: str,
+          what: str = "serve answers a chat completion") -> None:
+    port = free_port()
     process = subprocess.Popen([str(exe), "serve", "-m", str(model), "--port", str(port),
-                                "--ctx", "512", "--parallel", "1"], env=env, cwd=cwd,
+                                "--ctx", "512", "--parallel", "1", *options], env=env, cwd=cwd,
                                stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -88,8 +95,29 @@ def serve(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     answer = (reply.get("choices") or [{}])[0].get("message", {}).get("content")
-    check("serve answers a chat completion", answer == ANSWER_TEXT,
-          json.dumps(reply) + "\n" + stderr[-2000:])
+    check(what, answer == ANSWER_TEXT, json.dumps(reply) + "\n" + stderr[-2000:])
+
+
+def serve_with_a_worker(exe: Path, model: Path, env: dict[str, str], cwd: Path) -> None:
+    """`localr1 worker` from the bundle, and `serve --rpc` on it: the model then loads in a
+    spawned child process of the frozen app (engine/model_process)."""
+    port = free_port()
+    worker = subprocess.Popen([str(exe), "worker", "--port", str(port), "--threads", "1"],
+                              env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and worker.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        serve(exe, model, env, cwd, "--rpc", f"127.0.0.1:{port}", "--gpu-layers", "all",
+              what="serve --rpc answers from its model process, on a worker")
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
 
 
 def evaluate(exe: Path, env: dict[str, str], cwd: Path) -> None:
@@ -144,6 +172,7 @@ def main() -> None:
         check("run on a fixture model", answer.returncode == 0
               and answer.stdout.strip() == ANSWER_TEXT, answer.stdout + answer.stderr)
         serve(exe, model, env, work)
+        serve_with_a_worker(exe, model, env, work)
         evaluate(exe, env, work)
         tui(exe, model, env, work)
     print("smoke test passed")
