@@ -116,7 +116,9 @@ async def test_a_stopped_worker_fails_the_turn_after_rpc_timeout_and_the_app_sta
                            what="the reason under the answer")
         finally:
             os.kill(first.process.pid, signal.SIGCONT)
-        assert 2 <= took < 2 + KILL_TO_ERROR_LIMIT, took
+        # The silence counts from the last reply, a token's time before the stop.
+        assert 2 - 0.5 <= took < 2 + KILL_TO_ERROR_LIMIT, took
         assert app.is_running
         saved = store.branch(chat.conversation.id)[-1]
         assert saved.finish_reason == "error" and len(saved.reasoning) > 100
+        await pilot.pause()
