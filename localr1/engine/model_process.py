@@ -265,6 +265,10 @@ class ProcessEngine:
                 self._child = fresh
             return self._child
 
+    def current_child(self) -> _Child:
+        """The child now, live or ended: never a new one."""
+        return self._child
+
     def next_id(self) -> int:
         return next(self._ids)
 
@@ -423,7 +427,7 @@ class ProcessDecoder:
     def __init__(self, engine: ProcessEngine, parallel: int, n_ctx_per_sequence: int,
                  threads: int | None = None) -> None:
         self.engine = engine
-        self._child = engine._child
+        self._child = engine.current_child()
         engine.call_on(self._child, "open_decoder", parallel, n_ctx_per_sequence, threads)
 
     def run(self, feed: RequestFeed, sink: EventSink,

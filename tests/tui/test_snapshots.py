@@ -75,7 +75,7 @@ def fixed_machine(monkeypatch):
     GPU), not from this one's."""
     machine = fit.MachineMemory(16 * 10**9, 32 * 10**9, False, 0, "CPU",
                                 cpu_bandwidth=20 * 10**9)
-    monkeypatch.setattr(fit, "machine_memory", lambda: machine)
+    monkeypatch.setattr(fit, "machine_memory", lambda **_: machine)
 
 
 async def _wait_for_workers(pilot) -> None:
