@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import multiprocessing
-import os
 import queue
-import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from localr1.chat_message import ChatMessage
-from localr1.child_process import starting_child
 from localr1.engine.events import Event, GenerationParams, ModelInfo, TurnDone, TurnStats
 from localr1.engine.llama_engine import Engine, EngineConfig
-from localr1.engine.model_host import host_main
+from localr1.engine.model_child import (
+    DECODER_INBOX,
+    Child,
+    LoadStopped,
+    next_message,
+)
 from localr1.engine.parallel_decoder import (
     EventSink,
     ParallelDecoder,
@@ -40,12 +40,6 @@ from localr1.engine.parallel_decoder import (
 )
 from localr1.engine.prompting import PreparedPrompt
 from localr1.errors import GenerationError, LocalR1Error
-
-# How often a turn or the decoder looks at its cancel events while waiting for the child
-# (the events cannot wake a queue): well under what a user notices after pressing stop.
-_CANCEL_POLL = 0.05
-# A child asked to close gets this long to unload before it is killed.
-_CLOSE_GRACE = 10.0
 
 
 def load_engine(config: EngineConfig) -> Engine | ProcessEngine:
@@ -74,164 +68,14 @@ def check_answer_grammar(engine: Engine | ProcessEngine, grammar: str) -> None:
     check_grammar(engine, grammar)
 
 
-class _ChildGone:
-    """Put in every inbox when the child has ended."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class _Child:
-    """One child process and the thread that reads its messages into per-id inboxes."""
-
-    def __init__(self, config: EngineConfig) -> None:
-        """Start the child; `wait_ready` waits for its model."""
-        self.config = config
-        context = multiprocessing.get_context("spawn")  # fork would copy llama.cpp's threads
-        self._connection, child_end = context.Pipe()
-        handle, self.log_path = tempfile.mkstemp(prefix="localr1-model-", suffix=".log")
-        os.close(handle)
-        # However this ends (closed, a Ctrl+C during a load, the app quitting), the log goes.
-        self._remove_log = weakref.finalize(self, _remove, self.log_path)
-        self.process = context.Process(target=host_main, args=(child_end, config,
-                                                                self.log_path),
-                                       name="localr1-model", daemon=True)
-        self._send_lock = threading.Lock()
-        self._inboxes: dict[int, queue.SimpleQueue] = {}
-        self._inbox_lock = threading.Lock()
-        self.gone: _ChildGone | None = None
-        self.ended = threading.Event()  # set with `gone`, once every inbox has heard it
-        self.info: ModelInfo | None = None
-        try:
-            with starting_child():
-                self.process.start()
-        except BaseException:
-            self._connection.close()
-            self._remove_log()
-            raise
-        finally:
-            child_end.close()  # ours: its EOF must come when the child ends
-
-    def wait_ready(self, stop: Callable[[], bool] = lambda: False) -> None:
-        """Until the model is loaded: its load error (one line) raised here; _LoadStopped
-        (the child killed) as soon as `stop()` says so."""
-        try:
-            while not self._connection.poll(_CANCEL_POLL):
-                if stop():
-                    self.close()
-                    raise _LoadStopped
-            kind, value = self._connection.recv()
-        except (EOFError, OSError):
-            if stop():  # closed from another thread while it loaded
-                raise _LoadStopped from None
-            self.process.join(_CLOSE_GRACE)
-            reason = self.last_words() or f"the model process for " \
-                                           f"{self.config.model_path.name} ended while " \
-                                           f"loading (exit code {self.process.exitcode})"
-            self.close()
-            raise LocalR1Error(reason) from None
-        if kind == "failed":
-            self.close()
-            raise value
-        self.info = value
-        threading.Thread(target=self._read, name="localr1-model-reader", daemon=True).start()
-
-    # ---- messages ----------------------------------------------------------------------------
-
-    def inbox(self, key: int) -> queue.SimpleQueue:
-        box: queue.SimpleQueue = queue.SimpleQueue()
-        with self._inbox_lock:
-            if self.gone is not None:
-                box.put(self.gone)
-            else:
-                self._inboxes[key] = box
-        return box
-
-    def drop_inbox(self, key: int) -> None:
-        with self._inbox_lock:
-            self._inboxes.pop(key, None)
-
-    def send(self, *message: Any) -> bool:
-        """False when the child is gone (its inboxes say why)."""
-        with self._send_lock:
-            try:
-                self._connection.send(message)
-            except (OSError, ValueError):  # a broken pipe, or closed by close()
-                return False
-        return True
-
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self._connection.recv()
-            except (EOFError, OSError, ValueError):
-                break
-            if message[0] == "run_done":  # ("run_done", error): no id
-                key, message = _DECODER_INBOX, ("run_done", None, message[1])
-            elif message[0] == "request_event":  # the decoder's, for any of its requests
-                key = _DECODER_INBOX
-            else:
-                key = message[1]
-            with self._inbox_lock:
-                box = self._inboxes.get(key)
-            if box is not None:
-                box.put(message)
-        self.process.join(_CLOSE_GRACE)
-        gone = _ChildGone(self.last_words() or
-                          f"the model process ended unexpectedly (exit code "
-                          f"{self.process.exitcode})")
-        with self._inbox_lock:
-            self.gone = gone
-            boxes = list(self._inboxes.values())
-        for box in boxes:
-            box.put(gone)
-        self.ended.set()
-
-    def last_words(self) -> str | None:
-        """The child's last line of its own ("localr1: ..."), without that prefix."""
-        with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 8192))
-            lines = log.read().decode("utf-8", "replace").splitlines()
-            for line in reversed(lines):
-                if line.startswith("localr1: "):
-                    return line.removeprefix("localr1: ").strip()
-        return None
-
-    def close(self) -> None:
-        """Ask the child to end (a loading one is killed: it would not hear us)."""
-        if self.info is None or not self.send("close"):
-            self.process.kill()
-        self.process.join(_CLOSE_GRACE)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        with contextlib.suppress(OSError):
-            self._connection.close()
-        self._remove_log()
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-class _LoadStopped(Exception):
-    """A restart given up: the turn was stopped, or the engine closed, while it loaded."""
-
-
-# The decoder's messages (its requests' events, run_done) go to its one inbox, under this key.
-_DECODER_INBOX = -1
-
-
 class ProcessEngine:
     """A model in a child process. Thread-safe like Engine: turns may run from several
     threads; a new child is started when the previous one ended."""
 
-    def __init__(self, config: EngineConfig, child: _Child) -> None:
+    def __init__(self, config: EngineConfig, child: Child) -> None:
         self.config = config
         self._child = child
-        self._loading: _Child | None = None  # a restart under way (close() kills it)
+        self._loading: Child | None = None  # a restart under way (close() kills it)
         self._ids = itertools.count()
         self._restart_lock = threading.Lock()
         self._closed = False
@@ -239,7 +83,7 @@ class ProcessEngine:
     @classmethod
     def start(cls, config: EngineConfig) -> ProcessEngine:
         """Load `config` in a new child; its load error (one line) is raised here."""
-        child = _Child(config)
+        child = Child(config)
         child.wait_ready()
         return cls(config, child)
 
@@ -247,17 +91,17 @@ class ProcessEngine:
     def info(self) -> ModelInfo:
         return self._child.info
 
-    def child(self, stop: Callable[[], bool] = lambda: False) -> _Child:
+    def child(self, stop: Callable[[], bool] = lambda: False) -> Child:
         """The live child, starting a new one when the last one ended (a chat turn: the TUI
-        goes on after a lost worker). _LoadStopped when `stop()` or close() ends the wait."""
+        goes on after a lost worker). LoadStopped when `stop()` or close() ends the wait."""
         with self._restart_lock:
             if self._closed:
                 raise GenerationError("the model was closed")
             if self._child.gone is not None:
                 self._child.close()
                 if stop():
-                    raise _LoadStopped
-                self._loading = fresh = _Child(self.config)
+                    raise LoadStopped
+                self._loading = fresh = Child(self.config)
                 try:
                     fresh.wait_ready(lambda: self._closed or stop())
                 finally:
@@ -265,7 +109,7 @@ class ProcessEngine:
                 self._child = fresh
             return self._child
 
-    def current_child(self) -> _Child:
+    def current_child(self) -> Child:
         """The child now, live or ended: never a new one."""
         return self._child
 
@@ -278,17 +122,14 @@ class ProcessEngine:
         (a request's thread must not)."""
         return self.call_on(self._child, name, *args)
 
-    def call_on(self, child: _Child, name: str, *args: Any) -> Any:
+    def call_on(self, child: Child, name: str, *args: Any) -> Any:
         key = self.next_id()
         box = child.inbox(key)
         try:
             child.send("call", key, name, args)
-            reply = box.get()
+            kind, _key, value = next_message(box)
         finally:
             child.drop_inbox(key)
-        if isinstance(reply, _ChildGone):
-            raise GenerationError(reply.reason)
-        kind, _key, value = reply
         if kind == "raised":
             raise value
         return value
@@ -311,7 +152,7 @@ class ProcessEngine:
         started = time.perf_counter()
         try:
             child = self.child(stop=lambda: cancel is not None and cancel.is_set())
-        except _LoadStopped:
+        except LoadStopped:
             yield TurnDone(cancelled_before_start(time.perf_counter() - started))
             return
         turn = self.next_id()
@@ -321,12 +162,10 @@ class ProcessEngine:
         try:
             child.send("chat", turn, list(history), params, system_prompt)
             while True:
-                reply = _get(box, flags.watching)
+                reply = next_message(box, flags.watching)
                 flags.forward()
                 if reply is None:
                     continue
-                if isinstance(reply, _ChildGone):
-                    raise GenerationError(reply.reason)
                 kind, _turn, value = reply
                 if kind == "turn_failed":
                     raise value
@@ -354,18 +193,10 @@ class ProcessEngine:
         self.close()
 
 
-def _get(box: queue.SimpleQueue, polling: bool) -> Any:
-    """The next message, or None after a poll interval when cancel events need a look."""
-    try:
-        return box.get(timeout=_CANCEL_POLL if polling else None)
-    except queue.Empty:
-        return None
-
-
 class _Flags:
     """A turn's cancel and answer-now events, each passed on to the child once."""
 
-    def __init__(self, child: _Child, turn: int, cancel: threading.Event | None,
+    def __init__(self, child: Child, turn: int, cancel: threading.Event | None,
                  answer_now: threading.Event | None) -> None:
         self._child, self._turn = child, turn
         self._cancel, self._answer_now = cancel, answer_now
@@ -436,27 +267,23 @@ class ProcessDecoder:
         GenerationError (the child's last line) when the child ends first."""
         cancel = cancel or threading.Event()
         child = self._child
-        box = child.inbox(_DECODER_INBOX)
+        box = child.inbox(DECODER_INBOX)
         pending = _Pending()
         taker = threading.Thread(target=self._take, args=(feed, child, box, pending),
                                  name="localr1-feed", daemon=True)
         cancel_all_sent = False
         try:
             if not child.send("run"):
-                gone = box.get()  # the reader puts the reason in every inbox
-                raise GenerationError(gone.reason if isinstance(gone, _ChildGone)
-                                      else "the model process has ended")
+                next_message(box)  # raises: the reader puts the child's end in every inbox
             taker.start()
             while True:
-                reply = _get(box, bool(pending))
+                reply = next_message(box, bool(pending))
                 if not cancel_all_sent and cancel.is_set():
                     cancel_all_sent = child.send("cancel_all") or True
                 for key in pending.newly_cancelled():
                     child.send("cancel_request", key)
                 if reply is None:
                     continue
-                if isinstance(reply, _ChildGone):
-                    raise GenerationError(reply.reason)
                 kind, key, value = reply
                 if kind == "run_done":
                     if value is not None:
@@ -468,10 +295,10 @@ class ProcessDecoder:
                 if request is not None:
                     sink(request.key, value)
         finally:
-            child.drop_inbox(_DECODER_INBOX)
+            child.drop_inbox(DECODER_INBOX)
             feed.close()  # ends the taker, if it still waits
 
-    def _take(self, feed: RequestFeed, child: _Child, box: queue.SimpleQueue,
+    def _take(self, feed: RequestFeed, child: Child, box: queue.SimpleQueue,
               pending: _Pending) -> None:
         """Requests from the feed to the child as they come; the feed's end, too."""
         while True:
