@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,29 @@ def rpc_options(*endpoints: str) -> list[str]:
     # Every layer on the workers (the split follows each worker's available RAM: the first
     # worker always holds a layer of the scripted model), so each token goes through them.
     return ["--rpc", ",".join(endpoints), "--gpu-layers", "all", "--threads", "1"]
+
+
+@dataclass
+class BatchFault:
+    returncode: int
+    took: float  # seconds from the fault to the batch's exit
+    stderr: Path
+    records: Path
+
+
+def batch_with_a_fault(workers: list[Worker], model: Path, tmp_path: Path, fault,
+                       max_tokens: int) -> BatchFault:
+    """`batch` of "short" then "long" on the workers; once "short" is written (the second
+    record decoding), `fault(first worker)`; the batch's exit."""
+    first, second = workers
+    prompts = short_and_long_prompts(tmp_path)
+    records, err = tmp_path / "records.jsonl", tmp_path / "stderr"
+    with localr1_process("batch", prompts, "-o", records, "-m", model,
+                         *rpc_options(first.endpoint, second.endpoint), "--max-tokens",
+                         max_tokens, stderr=err) as client:
+        wait_until(lambda: records.exists() and '"short"' in records.read_text(),
+                   "the first record", timeout=180, poll=client)
+        fault(first)
+        faulted_at = time.monotonic()
+        returncode = client.wait(timeout=60)
+    return BatchFault(returncode, time.monotonic() - faulted_at, err, records)

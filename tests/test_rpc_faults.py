@@ -32,6 +32,7 @@ from tests.fixtures import scripted_models as sm
 from tests.rpc_workers import (
     Worker,
     assistant_rows,
+    batch_with_a_fault,
     free_port,
     localr1_args,
     localr1_process,
@@ -105,24 +106,14 @@ def test_run_with_a_worker_killed_mid_answer_says_which_and_keeps_the_answer(
 
 def test_batch_with_a_worker_killed_mid_batch_says_which_and_keeps_finished_records(
         workers, long_loop_model, tmp_path):
-    first, second = workers
-    prompts = short_and_long_prompts(tmp_path)
-    records, err = tmp_path / "records.jsonl", tmp_path / "stderr"
-    with localr1_process("batch", prompts, "-o", records, "-m", long_loop_model,
-                         *rpc_options(first.endpoint, second.endpoint), "--max-tokens", 1500,
-                         stderr=err) as client:
-        wait_until(lambda: records.exists() and '"short"' in records.read_text(),
-                   "the first record", timeout=180, poll=client)
-        first.kill()  # while the second record decodes
-        killed_at = time.monotonic()
-        returncode = client.wait(timeout=60)
-        took = time.monotonic() - killed_at
-    assert returncode == 1, err.read_text()
-    assert took < KILL_TO_LINE_LIMIT, took
-    assert single_line(err) == \
-        "localr1: " + lost_line(first.endpoint)
+    first = workers[0]
+    # SIGKILL while the second record decodes
+    batch = batch_with_a_fault(workers, long_loop_model, tmp_path, Worker.kill, 1500)
+    assert batch.returncode == 1, batch.stderr.read_text()
+    assert batch.took < KILL_TO_LINE_LIMIT, batch.took
+    assert single_line(batch.stderr) == "localr1: " + lost_line(first.endpoint)
     # The finished record is kept (a rerun resumes after it); the one in flight is not written.
-    [record] = [json.loads(line) for line in records.read_text().splitlines()]
+    [record] = [json.loads(line) for line in batch.records.read_text().splitlines()]
     assert record["id"] == "short"
 
 

@@ -35,10 +35,10 @@ from tests.fixtures import scripted_models as sm
 from tests.rpc_workers import (
     Worker,
     assistant_rows,
+    batch_with_a_fault,
     localr1_args,
     localr1_process,
     rpc_options,
-    short_and_long_prompts,
     single_line,
     wait_until,
 )
@@ -115,22 +115,13 @@ def test_run_with_a_stopped_worker_names_it_and_exits_1(workers, long_loop_model
 @requires_rpc
 def test_batch_with_a_stopped_worker_names_it_and_exits_1(workers, long_loop_model, tmp_path):
     _set_rpc_timeout(LIMIT)
-    first, second = workers
-    prompts = short_and_long_prompts(tmp_path)
-    records, err = tmp_path / "records.jsonl", tmp_path / "stderr"
-    with localr1_process("batch", prompts, "-o", records, "-m", long_loop_model,
-                         *rpc_options(first.endpoint, second.endpoint), "--max-tokens", 4000,
-                         stderr=err) as client:
-        wait_until(lambda: records.exists() and '"short"' in records.read_text(),
-                   "the first record", timeout=180, poll=client)
-        _stop(first)  # while the second record decodes
-        stopped_at = time.monotonic()
-        returncode = client.wait(timeout=60)
-        took = time.monotonic() - stopped_at
-    assert returncode == 1, err.read_text()
-    assert _fault_line(first.endpoint).fullmatch(single_line(err)), err.read_text()
-    assert LIMIT - 0.5 <= took < LIMIT + TRIP_SLACK, took
-    [record] = [json.loads(line) for line in records.read_text().splitlines()]
+    first = workers[0]
+    batch = batch_with_a_fault(workers, long_loop_model, tmp_path, _stop, 4000)
+    assert batch.returncode == 1, batch.stderr.read_text()
+    assert _fault_line(first.endpoint).fullmatch(single_line(batch.stderr)), \
+        batch.stderr.read_text()
+    assert LIMIT - 0.5 <= batch.took < LIMIT + TRIP_SLACK, batch.took
+    [record] = [json.loads(line) for line in batch.records.read_text().splitlines()]
     assert record["id"] == "short"
 
 
